@@ -1,0 +1,100 @@
+"""Checkpoints: tensors plus a plain-dict config, written atomically, loaded without running code."""
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+from wavenet_conv.config import ModelConfig
+from wavenet_conv.data import Vocab
+from wavenet_conv.errors import CheckpointError
+
+CHECKPOINT_NAME = "model.pt"
+MODEL_TYPES = ("conv", "tree")
+
+
+def model_type_of(model):
+    from wavenet_conv.conv import ConvWaveNet
+    from wavenet_conv.tree import TreeWaveNet
+
+    if isinstance(model, ConvWaveNet):
+        return "conv"
+    if isinstance(model, TreeWaveNet):
+        return "tree"
+    raise TypeError(f"cannot checkpoint a {type(model).__name__}")
+
+
+def build_model(model_type, config):
+    from wavenet_conv.conv import ConvWaveNet
+    from wavenet_conv.tree import TreeWaveNet
+
+    return {"conv": ConvWaveNet, "tree": TreeWaveNet}[model_type](config)
+
+
+def save_checkpoint(path, model, vocab, **extra):
+    """Write model, config and vocabulary (plus `extra`: optimizer state, RNG state, step...) atomically.
+
+    The file is written beside its destination and renamed over it, so a kill at any moment leaves
+    either the previous checkpoint or the new one, never a torn file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "model_type": model_type_of(model),
+        "config": model.config.to_dict(),
+        "vocab": list(vocab.itos),
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        **extra,
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def checkpoint_path(path):
+    """A work dir or a checkpoint file -> the checkpoint file."""
+    path = Path(path)
+    return path / CHECKPOINT_NAME if path.is_dir() else path
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """The checkpoint dict, loaded with weights_only=True: a checkpoint can never run code."""
+    path = checkpoint_path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {str(path)!r}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {first_line}") from None
+    if not isinstance(state, dict) or not {"model_type", "config", "vocab", "model"} <= state.keys():
+        raise CheckpointError(f"{str(path)!r} is not a wavenet_conv checkpoint")
+    if state["model_type"] not in MODEL_TYPES:
+        raise CheckpointError(f"{str(path)!r} holds an unknown model type {state['model_type']!r}")
+    return state
+
+
+def model_from_checkpoint(state):
+    try:
+        model = build_model(state["model_type"], ModelConfig(**state["config"]))
+        model.load_state_dict(state["model"])
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"checkpoint does not fit its own config: {str(e).splitlines()[0]}") from None
+    return model
+
+
+def load(path, device="cpu"):
+    """(model, vocab) from a work dir or a model.pt, in eval mode on `device`, ready to evaluate or sample."""
+    state = load_checkpoint(path)
+    model = model_from_checkpoint(state).to(device).eval()
+    return model, Vocab(state["vocab"])

@@ -1,0 +1,29 @@
+"""The model configuration shared by the tree and the conv form."""
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 27
+    block_size: int = 8  # context length; a power of two, fused pairwise in log2(block_size) levels
+    n_embd: int = 24
+    n_hidden: int = 128
+
+    def __post_init__(self):
+        for name in ("vocab_size", "block_size", "n_embd", "n_hidden"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+        if self.vocab_size < 2:
+            raise ValueError(f"vocab_size must be at least 2 (the boundary '.' and one character), got {self.vocab_size}")
+        if self.block_size < 2 or self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size must be a power of two >= 2, got {self.block_size}")
+        if self.n_embd < 1 or self.n_hidden < 1:
+            raise ValueError(f"n_embd and n_hidden must be positive, got {self.n_embd} and {self.n_hidden}")
+
+    @property
+    def n_levels(self):
+        return self.block_size.bit_length() - 1
+
+    def to_dict(self):
+        return asdict(self)

@@ -1,0 +1,189 @@
+"""Datasets: one item per line, the lecture's vocabulary and split, windows for the tree, whole items for the conv.
+
+Shape legend: n examples, b batch, t time.
+
+    python -m wavenet_conv.data --download     # fetch names.txt from the makemore repository
+"""
+import argparse
+import hashlib
+import os
+import random
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from wavenet_conv.errors import DatasetError, exit_on_user_error
+
+DEFAULT_INPUT = "data/names.txt"
+NAMES_URL = "https://raw.githubusercontent.com/karpathy/makemore/master/names.txt"
+NAMES_SHA256 = "0a30b5557f192f32ab962680889aac5f6fda0f4cecf40a6d0b5694f58ea8cc4d"
+BOUNDARY = "."  # token 0: the start padding before an item and the end marker after it
+IGNORE_INDEX = -1  # target of right padding (makemore's convention)
+
+
+def read_words(path=DEFAULT_INPUT):
+    """The non-blank, stripped lines of a UTF-8 text file; DatasetError with a one-line reason otherwise."""
+    path = Path(path)
+    if not path.exists():
+        hint = " (run `python -m wavenet_conv.data --download` to fetch it)" if path.name == "names.txt" else ""
+        raise DatasetError(f"input file {str(path)!r} does not exist{hint}")
+    if path.is_dir():
+        raise DatasetError(f"input file {str(path)!r} is a directory, not a text file")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"input file {str(path)!r} is not UTF-8 text (bad byte at offset {e.start})") from None
+    except OSError as e:
+        raise DatasetError(f"cannot read input file {str(path)!r}: {e.strerror}") from None
+    words = [line.strip() for line in text.splitlines()]
+    words = [w for w in words if w]
+    if not words:
+        raise DatasetError(f"input file {str(path)!r} has no items (it is empty or holds only blank lines)")
+    return words
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """Token 0 is the boundary '.', then the sorted characters of the data (names.txt: a=1 ... z=26)."""
+
+    itos: tuple
+
+    @classmethod
+    def from_words(cls, words):
+        return cls((BOUNDARY,) + tuple(sorted(set("".join(words)))))
+
+    def __post_init__(self):
+        object.__setattr__(self, "itos", tuple(self.itos))
+        # a data character equal to '.' gets its own token; token 0 is only ever the boundary
+        object.__setattr__(self, "stoi", {ch: i for i, ch in enumerate(self.itos) if i > 0})
+
+    def __len__(self):
+        return len(self.itos)
+
+    def encode(self, text):
+        try:
+            return [self.stoi[ch] for ch in text]
+        except KeyError as e:
+            raise DatasetError(f"character {e.args[0]!r} is not in the vocabulary") from None
+
+    def decode(self, ids):
+        return "".join(self.itos[int(i)] for i in ids)
+
+
+def split_words(words, seed=42):
+    """The lecture's split: random.seed(42), shuffle, then 80% train, 10% val, 10% test."""
+    words = list(words)
+    random.seed(seed)
+    random.shuffle(words)
+    n1, n2 = int(0.8 * len(words)), int(0.9 * len(words))
+    return words[:n1], words[n1:n2], words[n2:]
+
+
+def build_windows(words, vocab, block_size):
+    """The lecture's build_dataset: every next-character prediction with its block_size context."""
+    xs, ys = [], []
+    for w in words:
+        context = [0] * block_size
+        for ix in vocab.encode(w) + [0]:
+            xs.append(context)
+            ys.append(ix)
+            context = context[1:] + [ix]
+    return torch.tensor(xs, dtype=torch.long).reshape(-1, block_size), torch.tensor(ys, dtype=torch.long)  # n t, n
+
+
+def encode_items(words, vocab):
+    """Whole items as token lists [w1 .. wL]; the model input adds the leading '.' and the target the final one."""
+    return [vocab.encode(w) for w in words]
+
+
+def pad_items(items):
+    """x = [0, w1..wL], y = [w1..wL, 0], right-padded with x = 0 and y = -1 to the longest item."""
+    t = max(len(it) for it in items) + 1
+    x = torch.zeros(len(items), t, dtype=torch.long)  # b t
+    y = torch.full((len(items), t), IGNORE_INDEX, dtype=torch.long)  # b t
+    for row, it in enumerate(items):
+        tokens = torch.tensor(it, dtype=torch.long)
+        x[row, 1 : len(it) + 1] = tokens
+        y[row, : len(it)] = tokens
+        y[row, len(it)] = 0
+    return x, y
+
+
+def bucketed_batches(items, batch_size, generator=None, pool_batches=64, shuffle=True):
+    """Batches of items of similar length, so that right padding wastes little.
+
+    Items are shuffled, then sorted by length within pools of `pool_batches` batches and cut into
+    batches; the batch order is shuffled again. Returns a list of index lists into `items`.
+    """
+    n = len(items)
+    order = torch.randperm(n, generator=generator).tolist() if shuffle else list(range(n))
+    pool = batch_size * pool_batches
+    batches = []
+    for start in range(0, n, pool):
+        chunk = sorted(order[start : start + pool], key=lambda i: len(items[i]))
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    if shuffle:
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+    return batches
+
+
+def count_predictions(items):
+    """Next-character predictions in a list of items: one per character plus the end marker."""
+    return sum(len(it) + 1 for it in items)
+
+
+def sha256_of(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download(url=NAMES_URL, output=DEFAULT_INPUT, sha256=NAMES_SHA256):
+    """Fetch a dataset, check its checksum, and only then move it into place (never a half-written file)."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            try:
+                with urllib.request.urlopen(url, timeout=60) as response:
+                    f.write(response.read())
+            except (OSError, ValueError) as e:
+                raise DatasetError(f"cannot download {url}: {e}") from None
+        got = sha256_of(tmp)
+        if sha256 and got != sha256:
+            raise DatasetError(f"checksum mismatch for {url}: expected sha256 {sha256}, got {got}")
+        os.replace(tmp, output)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return output
+
+
+@exit_on_user_error
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Fetch and inspect wavenet_conv datasets.")
+    parser.add_argument("--download", action="store_true", help="download names.txt and verify its sha256")
+    parser.add_argument("--url", default=NAMES_URL, help="where to download from")
+    parser.add_argument("--output", "-o", default=DEFAULT_INPUT, help="where to write the downloaded file")
+    parser.add_argument("--sha256", default=NAMES_SHA256, help="expected checksum ('' to skip the check)")
+    parser.add_argument("--input-file", "-i", default=DEFAULT_INPUT, help="file to summarise when not downloading")
+    args = parser.parse_args(argv)
+    if args.download:
+        path = download(args.url, args.output, args.sha256)
+        print(f"wrote {path} (sha256 {sha256_of(path)})")
+        return
+    words = read_words(args.input_file)
+    vocab = Vocab.from_words(words)
+    train, val, test = split_words(words)
+    print(f"{len(words)} items, vocabulary of {len(vocab)}: {''.join(vocab.itos)!r}")
+    print(f"longest item {max(map(len, words))} characters; split {len(train)} / {len(val)} / {len(test)}")
+
+
+if __name__ == "__main__":
+    main()
