@@ -1,0 +1,65 @@
+"""What every benchmark here shares: the environment record, timing with median and spread, output.
+
+Conventions: a markdown table for people, a PNG plot, and as the last line of stdout one JSON object.
+"""
+import json
+import os
+import platform
+import sys
+
+import torch
+import torch.utils.benchmark as tbench
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # run from a checkout
+
+
+def environment(device):
+    """Device, torch version and thread count: what a reader needs to compare two result files."""
+    device = torch.device(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    return {
+        "device": device.type,
+        "device_name": name,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+
+
+def measure(fn, min_run_time=1.0, label=""):
+    """Median and spread of fn's run time in seconds (warm-up and CUDA synchronisation by torch's Timer)."""
+    timer = tbench.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads(), label=label)
+    fn()  # warm-up outside the measurement (allocations, lazy init, autotuning)
+    m = timer.blocked_autorange(min_run_time=min_run_time)
+    times = sorted(m.times)
+    return {"median_s": m.median, "iqr_s": m.iqr, "min_s": times[0], "max_s": times[-1], "runs": len(times)}
+
+
+def markdown_table(rows, columns):
+    """rows: dicts; columns: (key, header, format) triples."""
+    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(fmt.format(row[k]) if row.get(k) is not None else "-" for k, _, fmt in columns) + " |")
+    return "\n".join(lines)
+
+
+def write_json(obj, path=None):
+    """Write the result file (if asked) and print the object as the last line of stdout."""
+    text = json.dumps(obj, sort_keys=True)
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    print(text, flush=True)
+
+
+def available_devices(choice):
+    """'all' means CPU plus CUDA when a GPU really answers."""
+    from wavenet_conv.device import cuda_works
+
+    if choice == "all":
+        return ["cpu"] + (["cuda"] if cuda_works() else [])
+    if choice == "cuda" and not cuda_works():
+        raise SystemExit("error: --device cuda was asked for, but no working CUDA GPU is available")
+    return [choice]
