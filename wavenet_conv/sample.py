@@ -1,0 +1,224 @@
+"""Sampling names from a trained model three ways that provably return the same names.
+
+- naive: the lecture's loop, one name at a time, the whole tree re-run on the last block_size tokens per character;
+- full: the conv re-run over each name's whole prefix per character, many names at once;
+- cached: Fast WaveNet generation (wavenet_conv.cache), one new node per level per character, many names at once.
+
+All three draw their randomness the same way: one uniform number per (name, position), drawn up front,
+turned into a character by inverse-CDF sampling. The same seed therefore gives the same names whichever
+method runs; only rounding in the logits can move a draw across a boundary.
+
+    python -m wavenet_conv.sample -o out/run -n 20 --temperature 0.8 --prefix ja
+
+Shape legend: b batch (names), t time, v vocab.
+"""
+import argparse
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from wavenet_conv.cache import IncrementalWaveNet
+from wavenet_conv.checkpoint import load
+from wavenet_conv.conv import ConvWaveNet
+from wavenet_conv.data import DEFAULT_INPUT, read_words, split_words
+from wavenet_conv.device import DEVICE_CHOICES, resolve_device
+from wavenet_conv.errors import UserError, exit_on_user_error
+from wavenet_conv.folded import FoldedConvWaveNet
+from wavenet_conv.tree import TreeWaveNet
+
+METHODS = ("naive", "full", "cached")
+MAX_LEN_BLOCKS = 4  # default max_len: the prefix plus 4 * block_size characters (names.txt: 32, its longest is 15)
+
+
+class SampleError(UserError, ValueError):
+    """Arguments that cannot be sampled with: reported in one line (exit status 2 from the CLI)."""
+
+
+def next_tokens(logits, uniforms, temperature=1.0, top_k=None):
+    """Inverse-CDF sampling: the first token whose cumulative probability exceeds the uniform (b v, b -> b).
+
+    Computed in float64 whatever the model's dtype, so that only the logits' own rounding can differ
+    between methods.
+    """
+    logits = logits.double() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth_largest = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # b 1
+        logits = logits.masked_fill(logits < kth_largest, -math.inf)
+    cdf = torch.cumsum(F.softmax(logits, dim=-1), dim=-1)  # b v
+    targets = uniforms.double()[:, None] * cdf[:, -1:]  # b 1: scaled by the total, which rounding keeps near 1
+    return torch.searchsorted(cdf, targets, right=True)[:, 0].clamp_(max=cdf.shape[-1] - 1)  # b
+
+
+def sample(model, vocab, num_samples, *, method="cached", generator=None, temperature=1.0, top_k=None,
+           prefix="", max_len=None):
+    """`num_samples` names from a TreeWaveNet or ConvWaveNet, each starting with `prefix`.
+
+    A name ends at its first '.' (left out of the result) or after `max_len` characters (default: the
+    prefix plus 4 * block_size). The uniforms are drawn from `generator` up front, shape [num_samples,
+    max_len], so every method returns the same names for the same seed.
+    """
+    if not isinstance(model, (TreeWaveNet, ConvWaveNet)):
+        raise TypeError(f"can sample from a TreeWaveNet or ConvWaveNet, not a {type(model).__name__}")
+    if method not in METHODS:
+        raise SampleError(f"unknown sampling method {method!r}; choose one of {', '.join(METHODS)}")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0:
+        raise SampleError(f"the number of samples must be a non-negative integer, got {num_samples!r}")
+    if not (isinstance(temperature, (int, float)) and temperature > 0 and math.isfinite(temperature)):
+        raise SampleError(f"temperature must be a positive number, got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise SampleError(f"top_k must be a positive integer, got {top_k!r}")
+    if len(vocab) != model.config.vocab_size:
+        raise SampleError(f"the vocabulary has {len(vocab)} tokens but the model {model.config.vocab_size}")
+    bad = [ch for ch in prefix if ch not in vocab.stoi]
+    if bad:
+        raise SampleError(f"prefix {prefix!r} has character {bad[0]!r}, which is not in the vocabulary")
+    if max_len is None:
+        max_len = len(prefix) + MAX_LEN_BLOCKS * model.config.block_size
+    if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len <= len(prefix):
+        raise SampleError(f"max_len must be an integer longer than the prefix ({len(prefix)}), got {max_len!r}")
+
+    device = next(model.parameters()).device
+    uniforms = torch.rand((num_samples, max_len), generator=generator, dtype=torch.float64,
+                          device=generator.device if generator is not None else "cpu").to(device)  # b t
+    prefix_tokens = vocab.encode(prefix)
+    draw = dict(temperature=temperature, top_k=top_k)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            generate = {"naive": generate_naive, "full": generate_full, "cached": generate_cached}[method]
+            tokens = generate(model, prefix_tokens, uniforms, draw)  # b t, 0 after each name's end
+    finally:
+        model.train(was_training)
+    return [vocab.decode(row[: row.index(0)] if 0 in row else row) for row in tokens.tolist()]
+
+
+def as_tree(model):
+    return model if isinstance(model, TreeWaveNet) else model.to_tree().eval()
+
+
+def as_conv(model):
+    return model if isinstance(model, ConvWaveNet) else ConvWaveNet.from_tree(model).eval()
+
+
+def generate_naive(model, prefix_tokens, uniforms, draw):
+    """The lecture's loop: one name at a time, the tree over the last block_size tokens per character."""
+    tree = as_tree(model)
+    block_size = tree.config.block_size
+    num_samples, max_len = uniforms.shape
+    out = torch.zeros(num_samples, max_len, dtype=torch.long)
+    for n in range(num_samples):
+        context = [0] * block_size
+        for position in range(max_len):
+            if position < len(prefix_tokens):
+                ix = prefix_tokens[position]
+            else:
+                logits, _ = tree(torch.tensor([context], device=uniforms.device))  # 1 v
+                ix = next_tokens(logits, uniforms[n, position : position + 1], **draw).item()
+            out[n, position] = ix
+            if ix == 0:
+                break
+            context = context[1:] + [ix]
+    return out
+
+
+def generate_full(model, prefix_tokens, uniforms, draw):
+    """The conv over every unfinished name's whole history, re-run for each new character."""
+    conv = as_conv(model)
+    num_samples, max_len = uniforms.shape
+    device = uniforms.device
+    history = torch.tensor([0] + prefix_tokens, device=device).repeat(num_samples, 1)  # b t
+    out = torch.zeros(num_samples, max_len, dtype=torch.long, device=device)
+    out[:, : len(prefix_tokens)] = history[:, 1:]
+    active = torch.arange(num_samples, device=device)  # rows of `out` still being generated
+    for position in range(len(prefix_tokens), max_len):
+        if len(active) == 0:
+            break
+        logits, _ = conv(history)  # b t v
+        ix = next_tokens(logits[:, -1], uniforms[active, position], **draw)  # b
+        out[active, position] = ix
+        going = ix != 0
+        active, history = active[going], torch.cat([history[going], ix[going, None]], dim=1)
+    return out.cpu()
+
+
+def generate_cached(model, prefix_tokens, uniforms, draw):
+    """Fast WaveNet generation for all names at once, dropping finished names as they stop."""
+    folded = FoldedConvWaveNet(as_conv(model))
+    num_samples, max_len = uniforms.shape
+    device = uniforms.device
+    out = torch.zeros(num_samples, max_len, dtype=torch.long, device=device)
+    cache = IncrementalWaveNet(folded, num_samples)
+    tokens = torch.zeros(num_samples, dtype=torch.long, device=device)  # b: the start '.'
+    for position, ix in enumerate(prefix_tokens):
+        cache.step(tokens)  # only fills the buffers: the prefix is given, not drawn
+        tokens = torch.full_like(tokens, ix)
+        out[:, position] = ix
+    active = torch.arange(num_samples, device=device)
+    for position in range(len(prefix_tokens), max_len):
+        if len(active) == 0:
+            break
+        ix = next_tokens(cache.step(tokens), uniforms[active, position], **draw)  # b
+        out[active, position] = ix
+        going = ix != 0
+        active, tokens = active[going], ix[going]
+        cache.keep(going)
+    return out.cpu()
+
+
+def training_words(input_file, explicit):
+    """The train split of the input file, or None when the default file is absent (novelty is then not shown)."""
+    if not explicit and not Path(input_file).exists():
+        return None
+    words = read_words(input_file)
+    return split_words(words)[0]
+
+
+@exit_on_user_error
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Sample names from a trained wavenet_conv model.")
+    parser.add_argument("--work-dir", "-o", required=True, help="work dir (or model.pt) of the trained model")
+    parser.add_argument("--num-samples", "-n", type=int, default=20, help="number of names to sample")
+    parser.add_argument("--temperature", type=float, default=1.0, help="divide the logits by this (> 0)")
+    parser.add_argument("--top-k", type=int, default=None, help="sample only among the k likeliest characters")
+    parser.add_argument("--prefix", default="", help="every name starts with this")
+    parser.add_argument("--max-len", type=int, default=None,
+                        help="cut names at this many characters (default: twice the longest training item)")
+    parser.add_argument("--seed", type=int, default=42, help="seed of the sampling generator")
+    parser.add_argument("--method", default="cached", choices=METHODS, help="sampler: all return the same names")
+    parser.add_argument("--device", default="cpu", choices=DEVICE_CHOICES, help="device to sample on")
+    parser.add_argument("--input-file", "-i", default=None,
+                        help=f"training data, to mark new names (default {DEFAULT_INPUT}, skipped if absent)")
+    args = parser.parse_args(argv)
+    if args.num_samples < 0:
+        raise SampleError(f"--num-samples must be non-negative, got {args.num_samples}")
+
+    model, vocab = load(args.work_dir, resolve_device(args.device))
+    train = training_words(args.input_file or DEFAULT_INPUT, explicit=args.input_file is not None)
+    max_len = args.max_len
+    if train is not None:
+        extra = set("".join(train)) - set(vocab.itos)
+        if extra:
+            raise SampleError(f"the input file has characters the model never saw ({''.join(sorted(extra))!r}): "
+                              f"is it the training data?")
+        if max_len is None:
+            max_len = len(args.prefix) + 2 * max(map(len, train))
+    generator = torch.Generator().manual_seed(args.seed)
+    names = sample(model, vocab, args.num_samples, method=args.method, generator=generator,
+                   temperature=args.temperature, top_k=args.top_k, prefix=args.prefix, max_len=max_len)
+    if train is None:
+        print("\n".join(names))
+        print(f"(no training data at {DEFAULT_INPUT}: cannot tell new names; pass --input-file)")
+        return
+    seen = set(train)
+    for name in names:
+        print(f"{name:<24} {'in train' if name in seen else 'new'}")
+    in_train = sum(name in seen for name in names)
+    share = in_train / len(names) if names else 0.0
+    print(f"{in_train} of {len(names)} samples ({share:.1%}) occur in the training data; {len(names) - in_train} are new")
+
+
+if __name__ == "__main__":
+    main()
