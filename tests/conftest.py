@@ -1,0 +1,105 @@
+"""Shared fixtures: the names.txt dataset, devices (CUDA skipped cleanly without a GPU), random-weight models.
+
+Random models get random weights *and* random batch-norm gamma, beta and running statistics, so that an
+equivalence check cannot pass because some part of the model is still at its identity initialisation.
+"""
+from pathlib import Path
+
+import pytest
+import torch
+
+from wavenet_conv.data import Vocab, build_windows, read_words, split_words
+from wavenet_conv.device import cuda_works
+from wavenet_conv.tree import TreeWaveNet
+
+REPO = Path(__file__).resolve().parents[1]
+NAMES_CANDIDATES = (REPO / "data" / "names.txt", REPO.parent / "shared" / "data" / "names.txt")
+HAS_CUDA = cuda_works()
+
+# `@requires_cuda` on a test, or the `cuda` mark alone (see pytest_collection_modifyitems): skipped without a GPU
+requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a working CUDA GPU")
+DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=[pytest.mark.cuda, requires_cuda])]
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_CUDA:
+        return
+    skip = pytest.mark.skip(reason="needs a working CUDA GPU")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
+
+@pytest.fixture(params=DEVICES)
+def torch_device(request):
+    """Every test that takes this runs on the CPU, and on CUDA when a GPU is present."""
+    return torch.device(request.param)
+
+
+@pytest.fixture(scope="session")
+def names_path():
+    """The canonical names.txt: <repo>/data/names.txt, else <repo>/../shared/data/names.txt; a failure otherwise."""
+    for path in NAMES_CANDIDATES:
+        if path.is_file():
+            return path
+    pytest.fail(
+        "names.txt not found at " + " or ".join(str(p) for p in NAMES_CANDIDATES)
+        + "; get it with `python -m wavenet_conv.data --download` (or copy ../shared/data/names.txt to data/)",
+        pytrace=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def words(names_path):
+    return read_words(names_path)
+
+
+@pytest.fixture(scope="session")
+def vocab(words):
+    return Vocab.from_words(words)
+
+
+@pytest.fixture(scope="session")
+def lecture_split(words):
+    """The lecture's train / val / test words."""
+    return split_words(words)
+
+
+@pytest.fixture(scope="session")
+def lecture_windows(lecture_split, vocab):
+    """The lecture's (Xtr, Ytr), (Xdev, Ydev), (Xte, Yte) for block_size 8."""
+    return [build_windows(part, vocab, 8) for part in lecture_split]
+
+
+def randomize_(tree, generator):
+    """Random weights and random batch-norm state in place: nothing left at an identity initialisation."""
+    with torch.no_grad():
+        tree.embedding.weight.copy_(torch.randn(tree.embedding.weight.shape, generator=generator))
+        for linear, bn in tree.levels:
+            fan_in = linear.weight.shape[0]
+            linear.weight.copy_(torch.randn(linear.weight.shape, generator=generator) / fan_in**0.5)
+            bn.gamma.copy_(0.5 + torch.rand(bn.gamma.shape, generator=generator))
+            bn.beta.copy_(0.5 * torch.randn(bn.beta.shape, generator=generator))
+            bn.running_mean.copy_(0.5 * torch.randn(bn.running_mean.shape, generator=generator))
+            bn.running_var.copy_(0.5 + torch.rand(bn.running_var.shape, generator=generator))
+        fan_in = tree.head.weight.shape[0]
+        tree.head.weight.copy_(torch.randn(tree.head.weight.shape, generator=generator) / fan_in**0.5)
+        tree.head.bias.copy_(0.1 * torch.randn(tree.head.bias.shape, generator=generator))
+    return tree
+
+
+def random_tree(config, seed=0, dtype=torch.float64, device="cpu"):
+    """A TreeWaveNet with random weights and batch-norm state drawn from torch.Generator(seed), in eval mode.
+
+    The global RNG is left untouched, so tests that seed it (the lecture's loss) do not depend on test order.
+    """
+    with torch.random.fork_rng(devices=[]):
+        tree = TreeWaveNet(config)
+    randomize_(tree, torch.Generator().manual_seed(seed))
+    return tree.to(device=device, dtype=dtype).eval()
+
+
+@pytest.fixture
+def make_random_tree():
+    """random_tree(config, seed=0, dtype=torch.float64, device='cpu') as a fixture, for tests in any file."""
+    return random_tree
