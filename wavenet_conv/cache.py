@@ -5,7 +5,10 @@ token it needs only its input from 2**i steps ago: a ring buffer of 2**i slots p
 slots in all. Before time 0 the conv's input is '.' tokens, so every earlier node of level i is the
 activation the model computes for an all-'.' window: the buffers start from that, not from zeros.
 
-Shape legend: b batch (names), c channels, v vocab, s ring-buffer slots.
+Level 0 sees only two tokens, so its output is tabulated once for every token pair (v * v rows) and its
+"buffer" is the previous token. Batch norm is folded into the weights (FoldedConvWaveNet).
+
+Shape legend: b batch (names), c channels, h hidden, v vocab, s ring-buffer slots.
 """
 import torch
 
@@ -14,7 +17,8 @@ class IncrementalWaveNet:
     """Steps a FoldedConvWaveNet one token at a time for a batch of names; `step` returns the next logits.
 
     After n steps, `step(tokens)` equals `folded(history)[:, -1]`, where history holds the n + 1 tokens
-    fed so far. init='zeros' starts the buffers from zeros instead: wrong, kept as a negative control.
+    fed so far. init='zeros' starts the activation buffers (levels >= 1) from zeros instead: wrong, kept
+    as a negative control for the tests.
     """
 
     def __init__(self, folded, batch_size, init="boundary"):
@@ -23,19 +27,27 @@ class IncrementalWaveNet:
         self.folded = folded
         self.time = 0
         embedding = folded.embedding
-        boundary = embedding[0]  # c: the input at every time before the start
-        self.buffers = []  # level i: s = 2**i slots of its input, slot t % 2**i holds time t - 2**i
-        for i, d in enumerate(folded.dilations):
+        vocab_size = embedding.shape[0]
+        with torch.no_grad():
+            tokens = torch.arange(vocab_size, device=embedding.device)
+            earlier, later = torch.cartesian_prod(tokens, tokens).unbind(1)  # (v v), (v v)
+            self.pairs = folded.level(0, embedding[earlier], embedding[later])  # (v v) h, row earlier * v + later
+        self.vocab_size = vocab_size
+        self.previous = torch.zeros(batch_size, dtype=torch.long, device=embedding.device)  # b: '.' before the start
+        self.buffers = []  # level i >= 1: s = 2**i slots of its input; slot t % 2**i holds time t - 2**i
+        boundary = self.pairs[0]  # h: level 0's output over '.', '.'
+        for i, d in enumerate(folded.dilations[1:], start=1):
             start = boundary if init == "boundary" else torch.zeros_like(boundary)
-            self.buffers.append(start.expand(d, batch_size, -1).contiguous())  # s b c
+            self.buffers.append(start.expand(d, batch_size, -1).contiguous())  # s b h
             boundary = folded.level(i, boundary, boundary)  # the level's output over all-'.' inputs
 
     @torch.no_grad()
     def step(self, tokens):
         """Feed one token per name (b) and get the logits for the token after it (b v)."""
-        x = self.folded.embedding[tokens]  # b c
-        for i, buffer in enumerate(self.buffers):
-            slot = buffer[self.time % buffer.shape[0]]  # b c: this level's input from 2**i steps ago
+        x = self.pairs[self.previous * self.vocab_size + tokens]  # b h: level 0
+        self.previous = tokens
+        for i, buffer in enumerate(self.buffers, start=1):
+            slot = buffer[self.time % buffer.shape[0]]  # b h: this level's input from 2**i steps ago
             later = x
             x = self.folded.level(i, slot, later)  # b h; reads the slot before it is overwritten
             slot.copy_(later)
@@ -44,4 +56,5 @@ class IncrementalWaveNet:
 
     def keep(self, rows):
         """Keep only the names at `rows` (a 1-D index or bool mask), e.g. to drop finished ones."""
+        self.previous = self.previous[rows]
         self.buffers = [buffer[:, rows] for buffer in self.buffers]

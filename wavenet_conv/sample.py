@@ -29,6 +29,7 @@ from wavenet_conv.folded import FoldedConvWaveNet
 from wavenet_conv.tree import TreeWaveNet
 
 METHODS = ("naive", "full", "cached")
+COMPACT_SHARE = 1 / 8  # the cached sampler drops finished names once they are this share of its batch
 MAX_LEN_BLOCKS = 4  # default max_len: the prefix plus 4 * block_size characters (names.txt: 32, its longest is 15)
 
 
@@ -156,24 +157,28 @@ def generate_cached(model, prefix_tokens, uniforms, draw):
         cache.step(tokens)  # only fills the buffers: the prefix is given, not drawn
         tokens = torch.full_like(tokens, ix)
         out[:, position] = ix
-    active = torch.arange(num_samples, device=device)
+    rows = torch.arange(num_samples, device=device)  # b: the row of `out` each cached name writes
+    stopped = torch.zeros(num_samples, dtype=torch.bool, device=device)  # b
     for position in range(len(prefix_tokens), max_len):
-        if len(active) == 0:
+        ix = next_tokens(cache.step(tokens), uniforms[rows, position], **draw).masked_fill_(stopped, 0)  # b
+        out[rows, position] = ix  # a stopped name gets 0 again: its end is already written
+        stopped |= ix == 0
+        num_stopped = int(stopped.sum())
+        if num_stopped == len(rows):
             break
-        ix = next_tokens(cache.step(tokens), uniforms[active, position], **draw)  # b
-        out[active, position] = ix
-        going = ix != 0
-        active, tokens = active[going], ix[going]
-        cache.keep(going)
+        if num_stopped >= len(rows) * COMPACT_SHARE:  # drop finished names once they are worth the copy
+            going = ~stopped
+            rows, ix, stopped = rows[going], ix[going], stopped[going]
+            cache.keep(going)
+        tokens = ix
     return out.cpu()
 
 
-def training_words(input_file, explicit):
-    """The train split of the input file, or None when the default file is absent (novelty is then not shown)."""
+def read_training_words(input_file, explicit):
+    """The items of the input file, or None when the default file is absent (new names are then not marked)."""
     if not explicit and not Path(input_file).exists():
         return None
-    words = read_words(input_file)
-    return split_words(words)[0]
+    return read_words(input_file)
 
 
 @exit_on_user_error
@@ -185,7 +190,7 @@ def main(argv=None):
     parser.add_argument("--top-k", type=int, default=None, help="sample only among the k likeliest characters")
     parser.add_argument("--prefix", default="", help="every name starts with this")
     parser.add_argument("--max-len", type=int, default=None,
-                        help="cut names at this many characters (default: twice the longest training item)")
+                        help="cut names at this many characters (default: the prefix plus twice the longest item)")
     parser.add_argument("--seed", type=int, default=42, help="seed of the sampling generator")
     parser.add_argument("--method", default="cached", choices=METHODS, help="sampler: all return the same names")
     parser.add_argument("--device", default="cpu", choices=DEVICE_CHOICES, help="device to sample on")
@@ -196,23 +201,23 @@ def main(argv=None):
         raise SampleError(f"--num-samples must be non-negative, got {args.num_samples}")
 
     model, vocab = load(args.work_dir, resolve_device(args.device))
-    train = training_words(args.input_file or DEFAULT_INPUT, explicit=args.input_file is not None)
+    words = read_training_words(args.input_file or DEFAULT_INPUT, explicit=args.input_file is not None)
     max_len = args.max_len
-    if train is not None:
-        extra = set("".join(train)) - set(vocab.itos)
-        if extra:
-            raise SampleError(f"the input file has characters the model never saw ({''.join(sorted(extra))!r}): "
+    if words is not None:
+        unseen = set("".join(words)) - set(vocab.itos)
+        if unseen:
+            raise SampleError(f"the input file has characters the model never saw ({''.join(sorted(unseen))!r}): "
                               f"is it the training data?")
         if max_len is None:
-            max_len = len(args.prefix) + 2 * max(map(len, train))
+            max_len = len(args.prefix) + 2 * max(map(len, words))
     generator = torch.Generator().manual_seed(args.seed)
     names = sample(model, vocab, args.num_samples, method=args.method, generator=generator,
                    temperature=args.temperature, top_k=args.top_k, prefix=args.prefix, max_len=max_len)
-    if train is None:
+    if words is None:
         print("\n".join(names))
         print(f"(no training data at {DEFAULT_INPUT}: cannot tell new names; pass --input-file)")
         return
-    seen = set(train)
+    seen = set(split_words(words)[0])
     for name in names:
         print(f"{name:<24} {'in train' if name in seen else 'new'}")
     in_train = sum(name in seen for name in names)
