@@ -227,6 +227,19 @@ def test_download_with_checksum_mismatch_exits_2_and_writes_nothing(tmp_path, na
         assert not output.exists() and os.listdir(output.parent) == []
 
 
+@pytest.mark.parametrize("where", ["a directory", "under a file"])
+def test_download_to_an_unusable_output_exits_2(tmp_path, names_path, capsys, where):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "plain").write_text("a file, not a folder\n")
+    output = tmp_path / "folder" if where == "a directory" else tmp_path / "plain" / "names.txt"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--download", "--url", names_path.as_uri(), "--output", str(output)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert sorted(os.listdir(tmp_path)) == ["folder", "plain"] and os.listdir(tmp_path / "folder") == []
+
+
 def test_download_from_a_missing_url_exits_2(tmp_path, capsys):
     output = tmp_path / "data" / "names.txt"
     with pytest.raises(SystemExit) as exit_info:

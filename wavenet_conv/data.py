@@ -146,8 +146,13 @@ def sha256_of(path):
 def download(url=NAMES_URL, output=DEFAULT_INPUT, sha256=NAMES_SHA256):
     """Fetch a dataset, check its checksum, and only then move it into place (never a half-written file)."""
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".part")
+    if output.is_dir():
+        raise DatasetError(f"output {str(output)!r} is a directory; give a file path such as {DEFAULT_INPUT}")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".part")
+    except OSError as e:
+        raise DatasetError(f"cannot write into {str(output.parent)!r}: {e.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             try:
@@ -158,7 +163,10 @@ def download(url=NAMES_URL, output=DEFAULT_INPUT, sha256=NAMES_SHA256):
         got = sha256_of(tmp)
         if sha256 and got != sha256:
             raise DatasetError(f"checksum mismatch for {url}: expected sha256 {sha256}, got {got}")
-        os.replace(tmp, output)
+        try:
+            os.replace(tmp, output)
+        except OSError as e:
+            raise DatasetError(f"cannot write {str(output)!r}: {e.strerror}") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

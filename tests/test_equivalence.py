@@ -1,0 +1,376 @@
+"""The conv form is the lecture's tree: the same logits at every position, the same gradients, causal,
+blind to right padding in training, and the checks fail loudly on the classic bugs (negative controls).
+
+Every comparison pairs the conv's logits at each valid position of a padded batch of whole items with the tree's
+logits on that position's window, as the lecture's build_dataset makes it (`paired_logits`): the real tests and
+the negative controls run that same check. Models have random weights and random batch-norm gamma, beta and
+running statistics (conftest.random_tree). Shape legend: b batch, t time, c channels, h hidden, k taps, v vocab.
+"""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch.testing import assert_close
+
+from wavenet_conv.config import ModelConfig
+from wavenet_conv.conv import ConvWaveNet
+from wavenet_conv.data import IGNORE_INDEX, Vocab, build_windows, encode_items, pad_items
+from wavenet_conv.folded import FoldedConvWaveNet
+
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
+LARGE_GAP = 1e-2  # a broken conv misses by at least this much; the tolerances above are far below it
+ALPHABET = "abcdefg"
+VOCAB = Vocab(("." + ALPHABET))
+BLOCK_SIZES = [2, 4, 8, 16, 32]
+
+
+def small_config(block_size, vocab=VOCAB):
+    return ModelConfig(vocab_size=len(vocab), block_size=block_size, n_embd=5, n_hidden=12)
+
+
+def random_words(block_size, seed=0):
+    """Items of length 0, shorter than, equal to and longer than block_size, in mixed order."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = [block_size + 1, 0, 2 * block_size + 3, 1, block_size - 1, block_size, 3]
+    lengths += torch.randint(0, 2 * block_size + 1, (3,), generator=g).tolist()
+    return ["".join(ALPHABET[i] for i in torch.randint(0, len(ALPHABET), (n,), generator=g).tolist())
+            for n in lengths]
+
+
+def paired_logits(tree, conv, words, vocab=VOCAB):
+    """(conv logits at every valid position of the padded batch, tree logits on each position's window, positions).
+
+    Row k of all three is the k-th prediction of build_windows: item by item, position by position.
+    """
+    device = tree.head.weight.device
+    x, y = pad_items(encode_items(words, vocab))  # b t
+    windows, targets = build_windows(words, vocab, tree.config.block_size)  # n block, n
+    valid = y != IGNORE_INDEX  # b t
+    assert torch.equal(y[valid], targets), "the padded batch and the windows must be the same predictions"
+    positions = torch.arange(x.shape[1]).expand_as(x)[valid]  # n: each prediction's position t in its item
+    with torch.no_grad():
+        conv_logits = conv(x.to(device))[0][valid.to(device)]  # n v
+        tree_logits = tree(windows.to(device))[0]  # n v
+    return conv_logits, tree_logits, positions
+
+
+def logit_gaps(tree, conv, words, vocab=VOCAB):
+    """max over the vocabulary of |conv - tree| for each prediction, and each prediction's position."""
+    conv_logits, tree_logits, positions = paired_logits(tree, conv, words, vocab)
+    return (conv_logits - tree_logits).abs().amax(-1).cpu(), positions
+
+
+def max_logit_gap(tree, conv, words, vocab=VOCAB):
+    return logit_gaps(tree, conv, words, vocab)[0].max().item()
+
+
+def assert_equivalent(tree, conv, words, vocab=VOCAB):
+    conv_logits, tree_logits, _ = paired_logits(tree, conv, words, vocab)
+    tol = TOLERANCE[tree_logits.dtype]
+    assert_close(conv_logits, tree_logits, atol=tol, rtol=tol)
+
+
+# ---- logits: equal at every position after the copy, different before it ----
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("block_size", BLOCK_SIZES)
+def test_conv_logits_equal_tree_logits_at_every_position(make_random_tree, torch_device, block_size, dtype):
+    config = small_config(block_size)
+    tree = make_random_tree(config, seed=block_size, dtype=dtype, device=torch_device)
+    words = random_words(block_size, seed=block_size)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        conv = ConvWaveNet(config).to(device=torch_device, dtype=dtype).eval()
+
+    assert max_logit_gap(tree, conv, words) > LARGE_GAP  # before the weight copy: another model
+    with pytest.raises(AssertionError):
+        assert_equivalent(tree, conv, words)
+
+    conv.load_state_dict(ConvWaveNet.from_tree(tree).state_dict())
+    assert not conv.training
+    assert_equivalent(tree, conv, words)  # the whole mixed-length batch at once
+    for word in words:  # and each item alone: a batch without padding, down to the empty item
+        assert_equivalent(tree, conv, [word])
+
+
+def test_conv_equals_tree_on_a_non_names_vocabulary(make_random_tree):
+    words = ["O'Brien", "Ann Marie", "St. John", "Zoë", "Ωmega", "", "x"]
+    vocab = Vocab.from_words(words)  # '.' inside an item is a character token of its own
+    tree = make_random_tree(small_config(4, vocab), seed=1)
+    assert_equivalent(tree, ConvWaveNet.from_tree(tree), words, vocab)
+
+
+def test_from_tree_follows_device_dtype_and_mode(make_random_tree, torch_device):
+    tree = make_random_tree(small_config(4), dtype=torch.float32, device=torch_device)
+    for training in (False, True):
+        conv = ConvWaveNet.from_tree(tree.train(training))
+        assert conv.training == training
+        for tensor in conv.parameters():
+            assert tensor.dtype == torch.float32 and tensor.device.type == torch_device.type
+
+
+# ---- the conversion is exact both ways ----
+
+def assert_same_state(a, b):
+    a, b = a.state_dict(), b.state_dict()
+    assert list(a) == list(b)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("block_size", [2, 8, 32])
+def test_round_trip_is_exact(make_random_tree, block_size, dtype):
+    tree = make_random_tree(small_config(block_size), seed=3, dtype=dtype)
+    conv = ConvWaveNet.from_tree(tree)
+    back = conv.to_tree()
+    assert_same_state(back, tree)
+    assert back.training == tree.training and back.head.weight.dtype == dtype
+    for (_, bn), (_, bn_back) in zip(tree.levels, back.levels, strict=True):
+        assert (bn_back.eps, bn_back.momentum) == (bn.eps, bn.momentum)
+    assert_same_state(ConvWaveNet.from_tree(back), conv)
+
+
+# ---- gradients ----
+
+def tree_grads_in_conv_layout(tree):
+    """The tree's gradients, named and shaped as the conv's parameters: the conversion applied to gradients."""
+    grads = {"embedding.weight": tree.embedding.weight.grad}
+    for i, (linear, bn) in enumerate(tree.levels):
+        grads[f"levels.{i}.conv.weight"] = rearrange(linear.weight.grad, "(k c) h -> h c k", k=2)
+        grads[f"levels.{i}.bn.weight"] = bn.gamma.grad
+        grads[f"levels.{i}.bn.bias"] = bn.beta.grad
+    grads["head.weight"] = rearrange(tree.head.weight.grad, "h v -> v h")
+    grads["head.bias"] = tree.head.bias.grad
+    return grads
+
+
+@pytest.mark.parametrize("block_size", [2, 8, 16])
+def test_gradients_equal_the_summed_tree_gradients(make_random_tree, torch_device, block_size):
+    """Eval mode: d(conv's summed loss over every position)/dW = sum over windows of d(tree loss)/dW, mapped."""
+    tree = make_random_tree(small_config(block_size), seed=5, device=torch_device)
+    conv = ConvWaveNet.from_tree(tree)
+    words = random_words(block_size, seed=5)
+    x, y = (t.to(torch_device) for t in pad_items(encode_items(words, VOCAB)))
+    windows, targets = (t.to(torch_device) for t in build_windows(words, VOCAB, block_size))
+
+    logits, mean_loss = conv(x, y)
+    conv_loss = F.cross_entropy(rearrange(logits, "b t v -> (b t) v"), rearrange(y, "b t -> (b t)"),
+                                ignore_index=IGNORE_INDEX, reduction="sum")
+    tree_logits, tree_mean_loss = tree(windows, targets)
+    tree_loss = F.cross_entropy(tree_logits, targets, reduction="sum")
+    assert_close(conv_loss, tree_loss, atol=1e-10, rtol=1e-10)
+    assert_close(mean_loss, tree_mean_loss, atol=1e-10, rtol=1e-10)
+    conv_loss.backward()
+    tree_loss.backward()
+
+    expected = tree_grads_in_conv_layout(tree)
+    got = {name: p.grad for name, p in conv.named_parameters()}
+    assert set(got) == set(expected)
+    for name, grad in got.items():
+        assert grad.abs().sum() > 0, name  # a vanishing gradient would make the comparison vacuous
+        assert_close(grad, expected[name], atol=1e-10, rtol=1e-10, msg=lambda m: f"{name}: {m}")
+
+
+# ---- causality ----
+
+@pytest.mark.parametrize("block_size", [4, 8])
+def test_future_and_too_old_tokens_never_matter(make_random_tree, block_size):
+    conv = ConvWaveNet.from_tree(make_random_tree(small_config(block_size), seed=7))
+    g = torch.Generator().manual_seed(7)
+    idx = torch.randint(0, len(VOCAB), (3, 3 * block_size), generator=g)  # b t
+    logits = conv(idx)[0].detach()
+
+    def changed(positions):
+        """idx with new tokens (each differing from the old one) at the given positions."""
+        other = idx.clone()
+        other[:, positions] = (idx[:, positions] + 1 + torch.randint(0, len(VOCAB) - 1, (3, len(positions)),
+                                                                     generator=g)) % len(VOCAB)
+        return conv(other)[0].detach()
+
+    T = idx.shape[1]
+    for t in range(T - 1):
+        after = changed(list(range(t + 1, T)))
+        assert_close(after[:, : t + 1], logits[:, : t + 1], atol=0, rtol=0)  # the future never leaks back
+        assert (after[:, t + 1] - logits[:, t + 1]).abs().max() > 1e-6  # ...while it does change later logits
+    for t in range(block_size, T):
+        oldest = t - block_size + 1  # the first token of the window ending at t
+        assert_close(changed(list(range(oldest)))[:, t], logits[:, t], atol=0, rtol=0)
+        assert (changed([oldest])[:, t] - logits[:, t]).abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("block_size", [2, 4, 8])
+def test_receptive_field_is_exactly_the_window(make_random_tree, block_size):
+    """Autograd: logits[:, t] depend on the embedded (dot-padded) input exactly at positions t-block_size+1 .. t."""
+    conv = ConvWaveNet.from_tree(make_random_tree(small_config(block_size), seed=9))
+    idx = torch.randint(0, len(VOCAB), (2, 2 * block_size + 1), generator=torch.Generator().manual_seed(9))
+    pad = block_size - 1
+    probe = torch.zeros(2, pad + idx.shape[1], conv.config.n_embd, dtype=torch.float64, requires_grad=True)
+    hook = conv.embedding.register_forward_hook(lambda module, inputs, output: output + probe)
+    try:
+        logits = conv(idx)[0]  # b t v
+    finally:
+        hook.remove()
+    for t in range(idx.shape[1]):
+        (grad,) = torch.autograd.grad(logits[:, t].sum(), probe, retain_graph=True)
+        sensitivity = grad.abs().sum((0, 2))  # (pad + t): how much each input position moves logits[:, t]
+        window = torch.zeros_like(sensitivity, dtype=torch.bool)
+        window[t : t + block_size] = True  # padded coordinates: original t - block_size + 1 .. t
+        assert (sensitivity[window] > 1e-9).all(), t
+        assert (sensitivity[~window] == 0).all(), t
+
+
+# ---- negative controls: the same check must fail on the classic bugs ----
+
+class ZeroPaddedInputConv(ConvWaveNet):
+    """Broken on purpose: zeros in front of the embedded item instead of the embeddings of '.' tokens."""
+
+    def forward(self, idx, targets=None):
+        x = F.pad(self.embedding(idx), (0, 0, self.config.block_size - 1, 0))  # b t c -> b (pad + t) c, zeros
+        for level in self.levels:
+            x = level(x)
+        return self.head(x), None
+
+
+class ZeroPaddedLevelsConv(ConvWaveNet):
+    """Broken on purpose: each level zero-pads its input by its dilation, as Conv1d(padding=...) does."""
+
+    def forward(self, idx, targets=None):
+        x = self.embedding(idx)  # b t c
+        for level in self.levels:
+            x = level(F.pad(x, (0, 0, level.dilation, 0)))  # b t c, zeros in front
+        return self.head(x), None
+
+
+@pytest.mark.parametrize("broken_class", [ZeroPaddedInputConv, ZeroPaddedLevelsConv])
+@pytest.mark.parametrize("block_size", [4, 8])
+def test_control_zero_padded_activations_fail_the_check(make_random_tree, block_size, broken_class):
+    tree = make_random_tree(small_config(block_size), seed=11)
+    words = random_words(block_size, seed=11)
+    broken = broken_class.from_tree(tree)
+    with pytest.raises(AssertionError):
+        assert_equivalent(tree, broken, words)
+    gaps, positions = logit_gaps(tree, broken, words)
+    assert gaps.max() > LARGE_GAP
+    # exactly the classic symptom: wrong at the first block_size - 1 positions, right once the window is inside
+    assert gaps[positions < block_size - 1].max() > LARGE_GAP
+    assert gaps[positions >= block_size - 1].max() < TOLERANCE[torch.float64]
+
+
+@pytest.mark.parametrize("block_size", [2, 8])
+def test_control_c_k_weight_order_fails_the_check(make_random_tree, block_size):
+    tree = make_random_tree(small_config(block_size), seed=13)
+    words = random_words(block_size, seed=13)
+    broken = ConvWaveNet.from_tree(tree)
+    with torch.no_grad():
+        for level, (linear, _) in zip(broken.levels, tree.levels, strict=True):
+            level.conv.weight.copy_(rearrange(linear.weight, "(c k) h -> h c k", k=2))  # the wrong order
+    with pytest.raises(AssertionError):
+        assert_equivalent(tree, broken, words)
+    assert max_logit_gap(tree, broken, words) > LARGE_GAP
+
+
+# ---- training mode: right padding changes nothing ----
+
+def train_step(conv, x, y, targets_for_bn=True):
+    """One training-mode forward and backward; returns (loss, grads, running statistics, logits at valid positions)."""
+    conv.zero_grad()
+    if targets_for_bn:
+        logits, loss = conv(x, y)
+    else:  # plain batch norm: statistics over every position, padding included
+        logits, _ = conv(x)
+        loss = F.cross_entropy(rearrange(logits, "b t v -> (b t) v"), rearrange(y, "b t -> (b t)"),
+                               ignore_index=IGNORE_INDEX)
+    loss.backward()
+    grads = {name: p.grad.clone() for name, p in conv.named_parameters()}
+    buffers = {name: b.clone() for name, b in conv.named_buffers()}
+    return loss.detach(), grads, buffers, logits.detach()[y != IGNORE_INDEX]
+
+
+def reference_training_forward(conv, x, y):
+    """The conv's training mode written out node by node, in absolute (dot-padded) positions.
+
+    Level i's node at position p fuses the nodes at p - 2**i and p; a level's batch statistics are the mean and
+    the unbiased variance over its nodes at valid positions (target not -1, or inside the leading '.' padding),
+    each node once. Returns (logits at valid positions, mean loss, [(batch mean, batch variance)] per level).
+    """
+    pad = conv.config.block_size - 1
+    tokens = F.pad(x, (pad, 0), value=0)  # b P
+    valid = F.pad(y != IGNORE_INDEX, (pad, 0), value=True)  # b P
+    nodes = conv.embedding.weight[tokens]  # b P c: nodes exist at positions >= first
+    first, statistics = 0, []
+    for level in conv.levels:
+        d, weight, bn = level.dilation, level.conv.weight, level.bn  # weight: h c k
+        h = torch.full((*tokens.shape, weight.shape[0]), float("nan"), dtype=nodes.dtype)  # b P h
+        for p in range(first + d, tokens.shape[1]):
+            h[:, p] = nodes[:, p - d] @ weight[:, :, 0].T + nodes[:, p] @ weight[:, :, 1].T
+        first += d
+        counted = h[:, first:][valid[:, first:]]  # nodes at valid positions
+        mean, var = counted.mean(0), counted.var(0)
+        statistics.append((mean, var))
+        nodes = torch.tanh(bn.weight * (h - mean) / torch.sqrt(var + bn.eps) + bn.bias)
+    logits = conv.head(nodes[:, pad:])[y != IGNORE_INDEX]  # n v
+    return logits, F.cross_entropy(logits, y[y != IGNORE_INDEX]), statistics
+
+
+def test_training_mode_statistics_are_over_valid_nodes(make_random_tree):
+    tree = make_random_tree(small_config(8), seed=23)
+    words = random_words(8, seed=23)
+    x, y = pad_items(encode_items(words, VOCAB))
+    conv = ConvWaveNet.from_tree(tree).train()
+    before = [(level.bn.running_mean.clone(), level.bn.running_var.clone()) for level in conv.levels]
+    with torch.no_grad():
+        expected_logits, expected_loss, statistics = reference_training_forward(conv, x, y)
+        logits, loss = conv(x, y)
+    assert_close(logits[y != IGNORE_INDEX], expected_logits, atol=1e-12, rtol=1e-12)
+    assert_close(loss, expected_loss, atol=1e-12, rtol=1e-12)
+    for level, (mean0, var0), (mean, var) in zip(conv.levels, before, statistics, strict=True):
+        momentum = level.bn.momentum
+        assert_close(level.bn.running_mean, (1 - momentum) * mean0 + momentum * mean, atol=1e-12, rtol=1e-12)
+        assert_close(level.bn.running_var, (1 - momentum) * var0 + momentum * var, atol=1e-12, rtol=1e-12)
+
+
+def test_training_is_blind_to_extra_right_padding(make_random_tree, torch_device):
+    tree = make_random_tree(small_config(8), seed=17, device=torch_device)
+    words = random_words(8, seed=17)  # mixed lengths: the batch already carries some right padding
+    x, y = (t.to(torch_device) for t in pad_items(encode_items(words, VOCAB)))
+    x_more, y_more = F.pad(x, (0, 5), value=0), F.pad(y, (0, 5), value=IGNORE_INDEX)  # 5 more padded steps
+    conv = ConvWaveNet.from_tree(tree).train()
+
+    loss, grads, buffers, logits = train_step(copy.deepcopy(conv), x, y)
+    loss_more, grads_more, buffers_more, logits_more = train_step(copy.deepcopy(conv), x_more, y_more)
+    assert_close(loss_more, loss, atol=1e-12, rtol=1e-12)
+    assert_close(logits_more, logits, atol=1e-12, rtol=1e-12)
+    assert set(grads) == set(grads_more)
+    for name in grads:
+        assert_close(grads_more[name], grads[name], atol=1e-12, rtol=1e-12, msg=lambda m: f"{name}: {m}")
+    for name in buffers:  # running mean and variance (and the batch count) move identically
+        assert_close(buffers_more[name], buffers[name], atol=1e-12, rtol=1e-12, msg=lambda m: f"{name}: {m}")
+    assert any((buffers[name] - buf).abs().max() > 1e-6  # the step did move the statistics
+               for name, buf in conv.named_buffers() if name.endswith("running_mean"))
+
+    # negative control: batch norm over every position, padding included, depends on the padding
+    plain_loss, _, plain_buffers, _ = train_step(copy.deepcopy(conv), x, y, targets_for_bn=False)
+    plain_loss_more, _, plain_buffers_more, _ = train_step(copy.deepcopy(conv), x_more, y_more, targets_for_bn=False)
+    assert (plain_loss_more - plain_loss).abs() > 1e-4
+    assert max((plain_buffers_more[name] - plain_buffers[name]).abs().max().item()
+               for name in plain_buffers if name.endswith("running_mean")) > 1e-3
+
+
+# ---- the folded inference form ----
+
+@pytest.mark.parametrize("block_size", [2, 8, 32])
+def test_folded_equals_eval_conv(make_random_tree, torch_device, block_size):
+    conv = ConvWaveNet.from_tree(make_random_tree(small_config(block_size), seed=19, device=torch_device))
+    x, _ = pad_items(encode_items(random_words(block_size, seed=19), VOCAB))
+    x = x.to(torch_device)
+    folded = FoldedConvWaveNet(conv)
+    with torch.no_grad():
+        expected = conv(x)[0]
+    assert_close(folded(x), expected, atol=1e-10, rtol=1e-10)
+    # and on a batch that is all context: longer than any window
+    long = torch.randint(0, len(VOCAB), (2, 3 * block_size), generator=torch.Generator().manual_seed(19))
+    with torch.no_grad():
+        assert_close(folded(long.to(torch_device)), conv(long.to(torch_device))[0], atol=1e-10, rtol=1e-10)
