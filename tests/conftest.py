@@ -45,17 +45,27 @@ def torch_device(request):
     return torch.device(request.param)
 
 
-@pytest.fixture(scope="session")
-def names_path():
-    """The canonical names.txt: <repo>/data/names.txt, else <repo>/../shared/data/names.txt; a failure otherwise."""
-    for path in NAMES_CANDIDATES:
+def find_names_file(candidates=NAMES_CANDIDATES):
+    """The first candidate that is a file; a test failure (not a skip) saying how to get names.txt otherwise."""
+    for path in candidates:
         if path.is_file():
             return path
     pytest.fail(
-        "names.txt not found at " + " or ".join(str(p) for p in NAMES_CANDIDATES)
+        "names.txt not found at " + " or ".join(str(p) for p in candidates)
         + "; get it with `python -m wavenet_conv.data --download` (or copy ../shared/data/names.txt to data/)",
         pytrace=False,
     )
+
+
+@pytest.fixture(scope="session")
+def names_path():
+    """The canonical names.txt: <repo>/data/names.txt, else <repo>/../shared/data/names.txt; a failure otherwise."""
+    return find_names_file()
+
+
+@pytest.fixture
+def names_file_finder():
+    return find_names_file
 
 
 @pytest.fixture(scope="session")

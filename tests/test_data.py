@@ -28,6 +28,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # ---- names.txt: the lecture's numbers ----
 
+def test_missing_names_file_fails_the_tests_with_a_how_to(tmp_path, names_file_finder):
+    with pytest.raises(pytest.fail.Exception, match="python -m wavenet_conv.data --download"):
+        names_file_finder((tmp_path / "data" / "names.txt", tmp_path / "shared" / "names.txt"))
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "names.txt").write_text("anna\n")
+    assert names_file_finder((tmp_path / "data" / "names.txt", tmp_path / "shared" / "names.txt")).parent.name == "shared"
+
+
 def test_names_file_is_the_canonical_one(names_path, words):
     assert sha256_of(names_path) == NAMES_SHA256
     assert len(words) == 32033

@@ -22,7 +22,7 @@ from wavenet_conv.folded import FoldedConvWaveNet
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
 LARGE_GAP = 1e-2  # a broken conv misses by at least this much; the tolerances above are far below it
 ALPHABET = "abcdefg"
-VOCAB = Vocab(("." + ALPHABET))
+VOCAB = Vocab(tuple("." + ALPHABET))
 BLOCK_SIZES = [2, 4, 8, 16, 32]
 
 
