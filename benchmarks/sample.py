@@ -50,8 +50,10 @@ def random_model(block_size, seed=0):
 
 def run(model, vocab, method, batch_size, min_run_time):
     """Time sample() on one batch: median and spread, names and characters per second."""
-    def draw():
-        return sample(model, vocab, batch_size, method=method, generator=torch.Generator().manual_seed(0))
+    device = next(model.parameters()).device
+
+    def draw():  # uniforms drawn where the model is: on a GPU, drawing them on the CPU would dominate
+        return sample(model, vocab, batch_size, method=method, generator=torch.Generator(device).manual_seed(0))
 
     started = time.perf_counter()
     names = draw()
@@ -77,9 +79,14 @@ def bench_device(device, args):
         model = model.to(device)
         for method in args.methods:
             # naive samples one name at a time: batching does not apply, its batch is the name count timed
-            batch_sizes = [args.naive_names] if method == "naive" else args.batch_sizes
-            for batch_size in batch_sizes:
-                result = run(model, vocab, method, batch_size, args.min_run_time)
+            batch_sizes = args.batch_sizes + (args.cuda_extra_batch_sizes if device == "cuda" else [])
+            for batch_size in [args.naive_names] if method == "naive" else batch_sizes:
+                try:
+                    result = run(model, vocab, method, batch_size, args.min_run_time)
+                except torch.cuda.OutOfMemoryError:
+                    print(f"{device} block {block_size} {method} batch {batch_size}: out of memory", file=sys.stderr)
+                    torch.cuda.empty_cache()
+                    break
                 row = {"device": device, "block_size": block_size, "method": method,
                        "batch_size": 1 if method == "naive" else batch_size, **result}
                 rows.append(row)
@@ -150,6 +157,8 @@ def main(argv=None):
     parser.add_argument("--checkpoint", default=None, help="work dir or model.pt of a trained model (else random)")
     parser.add_argument("--batch-sizes", type=int_list, default=[1, 4, 16, 64, 256, 1024, 4096],
                         help="comma-separated batch sizes for full and cached")
+    parser.add_argument("--cuda-extra-batch-sizes", type=int_list, default=[16384, 65536],
+                        help="larger batches tried on a GPU only")
     parser.add_argument("--block-sizes", type=int_list, default=[8, 16, 32, 64],
                         help="comma-separated block sizes of the random models")
     parser.add_argument("--methods", type=lambda s: s.split(","), default=list(METHODS), help="comma-separated")
@@ -165,6 +174,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.quick:
         args.batch_sizes, args.block_sizes, args.naive_names = [1, 64], [8, 16], 4
+        args.cuda_extra_batch_sizes = [4096]
         args.min_run_time, args.max_call_s = 0.02, 0.5
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -15,7 +15,7 @@ from wavenet_conv.conv import ConvWaveNet
 from wavenet_conv.data import Vocab, split_words
 from wavenet_conv.errors import UserError
 from wavenet_conv.folded import FoldedConvWaveNet
-from wavenet_conv.sample import METHODS, SampleError, main, next_tokens, sample
+from wavenet_conv.sample import METHODS, SampleError, decode_names, main, next_tokens, sample
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 VOCAB = Vocab.from_words([LETTERS])
@@ -69,7 +69,7 @@ def step_through(model, idx, init="boundary", keep_every=None):
     for t in range(idx.shape[1]):
         logits[rows, t] = cache.step(idx[rows, t])
         if keep_every and t % keep_every == keep_every - 1 and len(rows) > 1:
-            going = torch.arange(len(rows)) % 2 == 0  # drop every other name, as finished ones are
+            going = torch.arange(0, len(rows), 2)  # drop every other name, as finished ones are
             rows = rows[going]
             cache.keep(going)
     return logits, rows
@@ -152,6 +152,13 @@ def test_inverse_cdf_picks_quantiles_of_the_distribution():
     assert top2.tolist() == [0, 375, 625]  # 0.3 and 0.5 renormalised
     cold = next_tokens(logits.expand(1000, -1), grid, temperature=0.01)
     assert cold.eq(2).all()
+
+
+def test_decode_names_cuts_at_the_end_and_keeps_unicode():
+    vocab = Vocab.from_words(["abé"])  # '.', a, b, é
+    tokens = torch.tensor([[1, 2, 0, 0], [0, 0, 0, 0], [3, 3, 3, 3], [2, 0, 0, 0]])
+    assert decode_names(tokens, vocab) == ["ab", "", "éééé", "b"]
+    assert decode_names(tokens[:0], vocab) == []
 
 
 def test_temperature_and_top_k_reach_every_method():

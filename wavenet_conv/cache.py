@@ -13,6 +13,13 @@ Shape legend: b batch (names), c channels, h hidden, v vocab, s ring-buffer slot
 import torch
 
 
+def tanh_(x):
+    """tanh in place; on the CPU as 2 * sigmoid(2x) - 1, equal to rounding and about twice as fast there."""
+    if x.device.type != "cpu":
+        return x.tanh_()
+    return x.mul_(2).sigmoid_().mul_(2).sub_(1)
+
+
 class IncrementalWaveNet:
     """Steps a FoldedConvWaveNet one token at a time for a batch of names; `step` returns the next logits.
 
@@ -44,17 +51,17 @@ class IncrementalWaveNet:
     @torch.no_grad()
     def step(self, tokens):
         """Feed one token per name (b) and get the logits for the token after it (b v)."""
-        x = self.pairs[self.previous * self.vocab_size + tokens]  # b h: level 0
+        x = torch.index_select(self.pairs, 0, self.previous * self.vocab_size + tokens)  # b h: level 0
         self.previous = tokens
         for i, buffer in enumerate(self.buffers, start=1):
             slot = buffer[self.time % buffer.shape[0]]  # b h: this level's input from 2**i steps ago
-            later = x
-            x = self.folded.level(i, slot, later)  # b h; reads the slot before it is overwritten
-            slot.copy_(later)
+            pair = torch.cat([slot, x], dim=-1)  # b (k h): read before the slot is overwritten
+            slot.copy_(x)
+            x = tanh_(torch.addmm(self.folded.biases[i], pair, self.folded.weights[i].T))  # b h
         self.time += 1
         return self.folded.logits_from_top(x)  # b v
 
     def keep(self, rows):
-        """Keep only the names at `rows` (a 1-D index or bool mask), e.g. to drop finished ones."""
-        self.previous = self.previous[rows]
-        self.buffers = [buffer[:, rows] for buffer in self.buffers]
+        """Keep only the names at `rows` (a 1-D index), e.g. to drop finished ones."""
+        self.previous = torch.index_select(self.previous, 0, rows)
+        self.buffers = [torch.index_select(buffer, 1, rows) for buffer in self.buffers]

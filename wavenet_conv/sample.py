@@ -16,6 +16,7 @@ import argparse
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -43,7 +44,7 @@ def next_tokens(logits, uniforms, temperature=1.0, top_k=None):
     Computed in float64 whatever the model's dtype, so that only the logits' own rounding can differ
     between methods.
     """
-    logits = logits.double() / temperature
+    logits = logits.double() if temperature == 1 else logits.double() / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth_largest = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # b 1
         logits = logits.masked_fill(logits < kth_largest, -math.inf)
@@ -93,7 +94,17 @@ def sample(model, vocab, num_samples, *, method="cached", generator=None, temper
             tokens = generate(model, prefix_tokens, uniforms, draw)  # b t, 0 after each name's end
     finally:
         model.train(was_training)
-    return [vocab.decode(row[: row.index(0)] if 0 in row else row) for row in tokens.tolist()]
+    return decode_names(tokens, vocab)
+
+
+def decode_names(tokens, vocab):
+    """Rows of tokens, each name followed by 0s only, to strings in one vectorised pass (b t -> b names)."""
+    tokens = tokens.numpy()
+    lengths = (tokens != 0).sum(axis=1)  # b: a name's tokens are all non-zero
+    table = np.array(["\n"] + list(vocab.itos[1:]), dtype="<U1")  # a name's '.' becomes the line break after it
+    chars = table[np.pad(tokens, ((0, 0), (0, 1)))]  # b (t + 1): room for the break after a name cut at max_len
+    keep = np.arange(chars.shape[1]) <= lengths[:, None]  # b (t + 1): each name and one break
+    return chars[keep].tobytes().decode("utf-32-le").split("\n")[:-1]
 
 
 def as_tree(model):
@@ -157,17 +168,19 @@ def generate_cached(model, prefix_tokens, uniforms, draw):
         cache.step(tokens)  # only fills the buffers: the prefix is given, not drawn
         tokens = torch.full_like(tokens, ix)
         out[:, position] = ix
+    uniforms = uniforms.T.contiguous()  # t b: one position's uniforms together
     rows = torch.arange(num_samples, device=device)  # b: the row of `out` each cached name writes
     stopped = torch.zeros(num_samples, dtype=torch.bool, device=device)  # b
     for position in range(len(prefix_tokens), max_len):
-        ix = next_tokens(cache.step(tokens), uniforms[rows, position], **draw).masked_fill_(stopped, 0)  # b
+        ix = next_tokens(cache.step(tokens), uniforms[position].index_select(0, rows), **draw)  # b
+        ix.masked_fill_(stopped, 0)
         out[rows, position] = ix  # a stopped name gets 0 again: its end is already written
         stopped |= ix == 0
         num_stopped = int(stopped.sum())
         if num_stopped == len(rows):
             break
         if num_stopped >= len(rows) * COMPACT_SHARE:  # drop finished names once they are worth the copy
-            going = ~stopped
+            going = torch.nonzero(~stopped)[:, 0]
             rows, ix, stopped = rows[going], ix[going], stopped[going]
             cache.keep(going)
         tokens = ix
