@@ -1,14 +1,16 @@
 """Fast WaveNet generation: per-level ring buffers of past activations, one new node per level per step.
 
-Level i joins the node ending at time t with the one ending at t - 2**i, so to extend every name by one
-token it needs only its input from 2**i steps ago: a ring buffer of 2**i slots per level, (block_size - 1)
-slots in all. Before time 0 the conv's input is '.' tokens, so every earlier node of level i is the
-activation the model computes for an all-'.' window: the buffers start from that, not from zeros.
+Level i joins the node ending at time t with the one ending at t - 2**i, so to extend a name by one token
+it needs only its input from 2**i steps ago: a ring buffer of 2**i slots per level. Before time 0 the
+conv's input is '.' tokens, so every earlier node of a level is the activation the model computes over
+an all-'.' window: the buffers start from that, not from zeros (zeros are the classic silent bug).
 
 Level 0 sees only two tokens, so its output is tabulated once for every token pair (v * v rows) and its
-"buffer" is the previous token. Batch norm is folded into the weights (FoldedConvWaveNet).
+buffer is the previous token; levels 1 .. n_levels - 1 hold block_size - 2 slots of activations in all.
+Batch norm is folded into the weights (FoldedConvWaveNet). A name that stops simply leaves the set of
+rows stepped: nothing is copied.
 
-Shape legend: b batch (names), c channels, h hidden, v vocab, s ring-buffer slots.
+Shape legend: b batch (names), h hidden, k taps (0: earlier, 1: later), v vocab, s ring-buffer slots.
 """
 import torch
 
@@ -49,19 +51,28 @@ class IncrementalWaveNet:
             boundary = folded.level(i, boundary, boundary)  # the level's output over all-'.' inputs
 
     @torch.no_grad()
-    def step(self, tokens):
-        """Feed one token per name (b) and get the logits for the token after it (b v)."""
-        x = torch.index_select(self.pairs, 0, self.previous * self.vocab_size + tokens)  # b h: level 0
-        self.previous = tokens
+    def step(self, tokens, rows=None):
+        """Feed one token to each name at `rows` (all when None) and get the logits of the token after it (b v).
+
+        Names left out of `rows` are finished: their buffers are no longer read or written, so dropping a
+        name costs nothing, where copying the survivors' buffers (block_size - 1 slots each) would.
+        """
+        previous = self.previous if rows is None else self.previous.index_select(0, rows)  # b
+        x = torch.index_select(self.pairs, 0, previous * self.vocab_size + tokens)  # b h: level 0
+        overwrite(self.previous, rows, tokens)
         for i, buffer in enumerate(self.buffers, start=1):
             slot = buffer[self.time % buffer.shape[0]]  # b h: this level's input from 2**i steps ago
-            pair = torch.cat([slot, x], dim=-1)  # b (k h): read before the slot is overwritten
-            slot.copy_(x)
+            earlier = slot if rows is None else slot.index_select(0, rows)
+            pair = torch.cat([earlier, x], dim=-1)  # b (k h): read before the slot is overwritten
+            overwrite(slot, rows, x)
             x = tanh_(torch.addmm(self.folded.biases[i], pair, self.folded.weights[i].T))  # b h
         self.time += 1
         return self.folded.logits_from_top(x)  # b v
 
-    def keep(self, rows):
-        """Keep only the names at `rows` (a 1-D index), e.g. to drop finished ones."""
-        self.previous = torch.index_select(self.previous, 0, rows)
-        self.buffers = [torch.index_select(buffer, 1, rows) for buffer in self.buffers]
+
+def overwrite(buffer, rows, values):
+    """buffer[rows] = values, or the whole buffer when rows is None."""
+    if rows is None:
+        buffer.copy_(values)
+    else:
+        buffer.index_copy_(0, rows, values)

@@ -30,7 +30,6 @@ from wavenet_conv.folded import FoldedConvWaveNet
 from wavenet_conv.tree import TreeWaveNet
 
 METHODS = ("naive", "full", "cached")
-COMPACT_SHARE = 1 / 8  # the cached sampler drops finished names once they are this share of its batch
 MAX_LEN_BLOCKS = 4  # default max_len: the prefix plus 4 * block_size characters (names.txt: 32, its longest is 15)
 
 
@@ -144,20 +143,20 @@ def generate_full(model, prefix_tokens, uniforms, draw):
     history = torch.tensor([0] + prefix_tokens, device=device).repeat(num_samples, 1)  # b t
     out = torch.zeros(num_samples, max_len, dtype=torch.long, device=device)
     out[:, : len(prefix_tokens)] = history[:, 1:]
-    active = torch.arange(num_samples, device=device)  # rows of `out` still being generated
+    going = torch.arange(num_samples, device=device)  # b: the names not stopped yet, rows of `out`
     for position in range(len(prefix_tokens), max_len):
-        if len(active) == 0:
-            break
         logits, _ = conv(history)  # b t v
-        ix = next_tokens(logits[:, -1], uniforms[active, position], **draw)  # b
-        out[active, position] = ix
-        going = ix != 0
-        active, history = active[going], torch.cat([history[going], ix[going, None]], dim=1)
+        ix = next_tokens(logits[:, -1], uniforms[going, position], **draw)  # b
+        out[going, position] = ix
+        still = ix != 0
+        going, history = going[still], torch.cat([history[still], ix[still, None]], dim=1)
+        if len(going) == 0:
+            break
     return out.cpu()
 
 
 def generate_cached(model, prefix_tokens, uniforms, draw):
-    """Fast WaveNet generation for all names at once, dropping finished names as they stop."""
+    """Fast WaveNet generation for all names at once; a stopped name drops out of every later step."""
     folded = FoldedConvWaveNet(as_conv(model))
     num_samples, max_len = uniforms.shape
     device = uniforms.device
@@ -169,21 +168,14 @@ def generate_cached(model, prefix_tokens, uniforms, draw):
         tokens = torch.full_like(tokens, ix)
         out[:, position] = ix
     uniforms = uniforms.T.contiguous()  # t b: one position's uniforms together
-    rows = torch.arange(num_samples, device=device)  # b: the row of `out` each cached name writes
-    stopped = torch.zeros(num_samples, dtype=torch.bool, device=device)  # b
+    going = torch.arange(num_samples, device=device)  # b: the names not stopped yet, rows of `out`
     for position in range(len(prefix_tokens), max_len):
-        ix = next_tokens(cache.step(tokens), uniforms[position].index_select(0, rows), **draw)  # b
-        ix.masked_fill_(stopped, 0)
-        out[rows, position] = ix  # a stopped name gets 0 again: its end is already written
-        stopped |= ix == 0
-        num_stopped = int(stopped.sum())
-        if num_stopped == len(rows):
+        ix = next_tokens(cache.step(tokens, going), uniforms[position].index_select(0, going), **draw)  # b
+        out[going, position] = ix
+        still = ix != 0
+        going, tokens = going[still], ix[still]
+        if len(going) == 0:
             break
-        if num_stopped >= len(rows) * COMPACT_SHARE:  # drop finished names once they are worth the copy
-            going = torch.nonzero(~stopped)[:, 0]
-            rows, ix, stopped = rows[going], ix[going], stopped[going]
-            cache.keep(going)
-        tokens = ix
     return out.cpu()
 
 
