@@ -97,51 +97,68 @@ def bench_device(device, args):
     return rows
 
 
-def summarize(rows):
-    """Per block size: the best batch size of each method and the target ratios."""
+def summarize(rows, reference_batch):
+    """Per block size: each method's best batch size, the target ratios, and µs per character at one batch."""
     summary = []
     for block_size in sorted({r["block_size"] for r in rows}):
         here = [r for r in rows if r["block_size"] == block_size]
         best = {m: max((r for r in here if r["method"] == m), key=lambda r: r["names_per_s"], default=None)
                 for m in METHODS}
+        at = {(r["method"], r["batch_size"]): r for r in here}
         entry = {"block_size": block_size}
         for m, r in best.items():
             if r:
                 entry[f"{m}_best_names_per_s"] = r["names_per_s"]
                 entry[f"{m}_best_batch_size"] = r["batch_size"]
-                entry[f"{m}_us_per_char"] = r["us_per_char"]
         cached = best["cached"]
         if cached and best["naive"]:
             entry["cached_over_naive"] = cached["names_per_s"] / best["naive"]["names_per_s"]
-        same_batch = [r for r in here if r["method"] == "full" and cached and r["batch_size"] == cached["batch_size"]]
-        if same_batch:
-            entry["cached_over_full_same_batch"] = cached["names_per_s"] / same_batch[0]["names_per_s"]
+        full_there = cached and at.get(("full", cached["batch_size"]))
+        if full_there:
+            entry["cached_over_full_same_batch"] = cached["names_per_s"] / full_there["names_per_s"]
+        # the cost per character at one batch size, to see how each method grows with block_size
+        for m, batch in (("naive", 1), ("full", reference_batch), ("cached", reference_batch)):
+            if (m, batch) in at:
+                entry[f"{m}_us_per_char_at_ref"] = at[(m, batch)]["us_per_char"]
         summary.append(entry)
     return summary
 
 
-def plot(rows, path):
+def plot(rows, summary, path):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    styles = {"naive": "s", "full": "^", "cached": "o"}
-    for block_size in sorted({r["block_size"] for r in rows}):
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    colors = {"naive": "tab:gray", "full": "tab:orange", "cached": "tab:blue"}
+    block_sizes = sorted({r["block_size"] for r in rows})
+    markers = dict(zip(block_sizes, "osD^v<>"))
+    for block_size in block_sizes:
         for method in METHODS:
             points = sorted((r["batch_size"], r["names_per_s"]) for r in rows
                             if r["block_size"] == block_size and r["method"] == method)
             if points:
                 xs, ys = zip(*points)
-                ax.plot(xs, ys, marker=styles[method], label=f"{method}, block {block_size}")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("batch size (names sampled together)")
-    ax.set_ylabel("names per second (median)")
-    ax.set_title(f"Sampling throughput on {rows[0]['device']}")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+                left.plot(xs, ys, color=colors[method], marker=markers[block_size],
+                          alpha=1 - 0.5 * block_sizes.index(block_size) / len(block_sizes),
+                          label=f"{method}, block {block_size}")
+    left.set(xscale="log", yscale="log", xlabel="batch size (names sampled together)",
+             ylabel="names per second (median)", title=f"Sampling throughput on {rows[0]['device']}")
+    left.set_xscale("log", base=2)
+    left.grid(True, which="both", alpha=0.3)
+    left.legend(fontsize=7, ncol=2)
+    for method in METHODS:
+        points = [(s["block_size"], s[f"{method}_us_per_char_at_ref"]) for s in summary
+                  if f"{method}_us_per_char_at_ref" in s]
+        if points:
+            xs, ys = zip(*points)
+            right.plot(xs, ys, color=colors[method], marker="o", label=method)
+    right.set(xscale="log", yscale="log", xlabel="block size", ylabel="µs per character (median)",
+              title="Cost per character as block_size grows")
+    right.set_xscale("log", base=2)
+    right.grid(True, which="both", alpha=0.3)
+    right.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -162,6 +179,8 @@ def main(argv=None):
     parser.add_argument("--block-sizes", type=int_list, default=[8, 16, 32, 64],
                         help="comma-separated block sizes of the random models")
     parser.add_argument("--methods", type=lambda s: s.split(","), default=list(METHODS), help="comma-separated")
+    parser.add_argument("--reference-batch", type=int, default=1024,
+                        help="batch size at which the cost per character is compared across block sizes")
     parser.add_argument("--naive-names", type=int, default=64, help="names the naive loop samples per timed call")
     parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds of timing per measurement")
     parser.add_argument("--max-call-s", type=float, default=3.0,
@@ -174,7 +193,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.quick:
         args.batch_sizes, args.block_sizes, args.naive_names = [1, 64], [8, 16], 4
-        args.cuda_extra_batch_sizes = [4096]
+        args.cuda_extra_batch_sizes, args.reference_batch = [4096], 64
         args.min_run_time, args.max_call_s = 0.02, 0.5
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -190,15 +209,17 @@ def main(argv=None):
                        ("full_best_batch_size", "at batch", "{}"),
                        ("cached_best_names_per_s", "cached best names/s", "{:,.0f}"),
                        ("cached_best_batch_size", "at batch", "{}"),
-                       ("cached_us_per_char", "cached µs/char", "{:.2f}"), ("full_us_per_char", "full µs/char", "{:.2f}"),
                        ("cached_over_naive", "cached / naive", "{:,.0f}×"),
-                       ("cached_over_full_same_batch", "cached / full (same batch)", "{:.1f}×")]
+                       ("cached_over_full_same_batch", "cached / full (same batch)", "{:.1f}×"),
+                       ("naive_us_per_char_at_ref", "naive µs/char", "{:.1f}"),
+                       ("full_us_per_char_at_ref", f"full µs/char (batch {args.reference_batch})", "{:.2f}"),
+                       ("cached_us_per_char_at_ref", f"cached µs/char (batch {args.reference_batch})", "{:.2f}")]
     result = {"benchmark": "sample", "model": args.checkpoint or "seeded random, mean name length ~6.1",
               "environment": {}, "results": [], "summary": []}
     for device in available_devices(args.device):
         env = environment(device)
         rows = bench_device(device, args)
-        summary = summarize(rows)
+        summary = summarize(rows, args.reference_batch)
         table = markdown_table(rows, columns)
         summary_table = markdown_table(summary, summary_columns)
         header = (f"Sampling on {env['device_name']} ({device}), torch {env['torch']}, {env['threads']} threads; "
@@ -210,7 +231,7 @@ def main(argv=None):
             os.makedirs(out_dir, exist_ok=True)
             with open(os.path.join(out_dir, f"sample_{device}.md"), "w") as f:
                 f.write(text)
-            plot(rows, os.path.join(out_dir, f"sample_{device}.png"))
+            plot(rows, summary, os.path.join(out_dir, f"sample_{device}.png"))
         result["environment"][device] = env
         result["results"] += rows
         result["summary"] += [{"device": device, **s} for s in summary]
