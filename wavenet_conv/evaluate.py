@@ -1,0 +1,115 @@
+"""Loss over whole splits in eval mode: the conv over whole items, the tree over windows, one number either way.
+
+Every next-character prediction of a split counts once, so the conv over whole items and the tree over the
+split's build_windows windows give the same mean (the same model, converted), up to float rounding.
+
+    python -m wavenet_conv.evaluate -o runs/default     # train / val / test loss of a trained model
+
+Shape legend: b batch, t time, n windows, v vocab.
+"""
+import argparse
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from wavenet_conv.checkpoint import load, model_type_of
+from wavenet_conv.data import DEFAULT_INPUT, IGNORE_INDEX, build_windows, encode_items, pad_items, read_words, split_words
+from wavenet_conv.device import DEVICE_CHOICES, resolve_device
+from wavenet_conv.errors import DatasetError, exit_on_user_error
+
+BATCH_POSITIONS = 1 << 16  # positions (conv) or windows (tree) per evaluation batch: big, but bounded in memory
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def item_batches(items, max_positions=BATCH_POSITIONS):
+    """Whole items sorted by length (eval mode has no batch statistics to bias), padded: [(x b t, y b t)]."""
+    order = sorted(range(len(items)), key=lambda i: len(items[i]))
+    batches, start = [], 0
+    while start < len(order):
+        end = start + 1
+        # grow the batch while its padded size (its last item is the longest) stays within the budget
+        while end < len(order) and (end + 1 - start) * (len(items[order[end]]) + 1) <= max_positions:
+            end += 1
+        batches.append(pad_items([items[i] for i in order[start:end]]))
+        start = end
+    return batches
+
+
+def window_batches(words, vocab, block_size, max_windows=BATCH_POSITIONS):
+    """The tree's inputs: every build_windows window of the split, in batches: [(X n t, Y n)]."""
+    X, Y = build_windows(words, vocab, block_size)
+    return list(zip(X.split(max_windows), Y.split(max_windows)))
+
+
+class SplitEvaluator:
+    """The full-split loss of a model; the split's batches are built once and reused at every evaluation."""
+
+    def __init__(self, words, vocab):
+        self.words = words
+        self.vocab = vocab
+        self.batches = {}
+
+    def batches_for(self, model_type, block_size, device):
+        key = (model_type, block_size, str(device))
+        if key not in self.batches:
+            if model_type == "conv":
+                batches = item_batches(encode_items(self.words, self.vocab))
+            else:
+                batches = window_batches(self.words, self.vocab, block_size)
+            self.batches[key] = [(x.to(device), y.to(device)) for x, y in batches]
+        return self.batches[key]
+
+    def loss(self, model):
+        """Mean cross-entropy over every prediction of the split, in eval mode; the model's mode is restored."""
+        device = next(model.parameters()).device
+        batches = self.batches_for(model_type_of(model), model.config.block_size, device)
+        was_training = model.training
+        model.eval()
+        total, count = 0.0, 0
+        try:
+            with torch.inference_mode():
+                for x, y in batches:
+                    logits, _ = model(x)
+                    if logits.ndim == 3:
+                        logits, y = rearrange(logits, "b t v -> (b t) v"), rearrange(y, "b t -> (b t)")
+                    total += F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX, reduction="sum").item()
+                    count += int((y != IGNORE_INDEX).sum())
+        finally:
+            model.train(was_training)
+        return total / count
+
+
+def split_loss(model, words, vocab):
+    """The mean loss of `model` over every prediction of `words`, in eval mode (conv: whole items; tree: windows)."""
+    return SplitEvaluator(words, vocab).loss(model)
+
+
+def evaluate_splits(model, splits, vocab):
+    """{'train': loss, 'val': loss, 'test': loss} for a dict of split name -> words."""
+    return {name: split_loss(model, words, vocab) for name, words in splits.items()}
+
+
+def check_vocab(words, vocab):
+    """The data must be spelled in the model's vocabulary."""
+    unseen = set("".join(words)) - set(vocab.itos[1:])
+    if unseen:
+        raise DatasetError(f"the input file has characters the model was not trained on: {''.join(sorted(unseen))!r}")
+
+
+@exit_on_user_error
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Evaluate a trained wavenet_conv model on the full splits.")
+    parser.add_argument("--work-dir", "-o", required=True, help="work dir (or model.pt) of the trained model")
+    parser.add_argument("--input-file", "-i", default=DEFAULT_INPUT, help="the training data (one item per line)")
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="device to evaluate on")
+    args = parser.parse_args(argv)
+    model, vocab = load(args.work_dir, resolve_device(args.device))
+    words = read_words(args.input_file)
+    check_vocab(words, vocab)
+    losses = evaluate_splits(model, dict(zip(SPLIT_NAMES, split_words(words))), vocab)
+    print(" ".join(f"{name} {loss:.4f}" for name, loss in losses.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""The lecture's loss plot: log10 of the training loss averaged over fixed-size step buckets, plus validation."""
+import math
+
+import numpy as np
+
+POINTS = 200  # the lecture: 200,000 steps in buckets of 1000
+
+
+def bucket_means(values, bucket):
+    """Means over consecutive buckets of `bucket` values; a shorter last bucket is averaged over what it has."""
+    values = np.asarray(values, dtype=np.float64)
+    starts = np.arange(0, len(values), bucket)
+    return starts, np.add.reduceat(values, starts) / np.diff(np.append(starts, len(values)))
+
+
+def plot_losses(train_losses, val_points, path, title=""):
+    """train_losses: the loss of every step; val_points: (step, loss) pairs. Writes a PNG to `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    if len(train_losses):
+        bucket = max(1, len(train_losses) // POINTS)
+        starts, means = bucket_means(np.log10(np.asarray(train_losses, dtype=np.float64)), bucket)
+        sizes = np.diff(np.append(starts, len(train_losses)))
+        ax.plot(starts + sizes / 2, means, label=f"train (mean log10 loss over {bucket} steps)")
+    if val_points:
+        steps, losses = zip(*val_points)
+        ax.plot(steps, [math.log10(v) for v in losses], "o-", markersize=3, label="validation (full split)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("log10 loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,82 @@
+"""Training recipes: the lecture's, step for step, and the whole-name recipes of this project.
+
+A recipe is everything `python -m wavenet_conv.train` needs besides the data: model size, batching,
+optimizer, learning-rate schedule, run length and evaluation interval. Command-line flags override fields.
+"""
+from dataclasses import asdict, dataclass, fields, replace
+
+from wavenet_conv.errors import UserError
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    model: str = "conv"  # conv: whole names, every position at once; tree: random block_size windows
+    n_embd: int = 24
+    n_hidden: int = 128
+    block_size: int = 8
+    batch_size: int = 32  # names for the conv, windows for the tree
+    max_steps: int = None  # None: `epochs` passes over the training names
+    epochs: float = None
+    optimizer: str = "sgd"  # sgd: the lecture's `p.data += -lr * p.grad`; adamw: torch.optim.AdamW
+    learning_rate: float = 0.1
+    schedule: str = "step"  # step: lr, then lr / 10 for the last quarter (the lecture); cosine: warm-up then cosine
+    warmup_fraction: float = 0.0  # share of the steps with linearly rising lr (cosine only)
+    final_lr_fraction: float = 0.0  # the cosine ends at learning_rate * final_lr_fraction
+    weight_decay: float = 0.0  # AdamW's decoupled decay, on the matrices only (not embeddings, biases, BN)
+    betas: tuple = (0.9, 0.999)
+    bn_momentum: float = 0.1  # momentum of the batch-norm running statistics
+    init: str = "lecture"  # lecture: the tree's init after torch.manual_seed (the conv converted from it); torch: nn defaults
+    eval_interval: int = 10000  # steps between full validation evaluations
+    log_interval: int = 10000  # steps between progress lines (the lecture prints every 10000)
+    select: str = "best"  # best: keep the best-validation weights; last: the final weights (as the lecture reports)
+
+    def to_dict(self):
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d):
+        known = {f.name for f in fields(cls)}
+        d = {k: tuple(v) if k == "betas" else v for k, v in d.items() if k in known}
+        return cls(**d)
+
+
+LECTURE = Recipe(
+    name="lecture",
+    description="makemore part 5: the tree on random 8-character windows, 200,000 SGD steps of 32, lr 0.1 then 0.01",
+    model="tree",
+    batch_size=32,
+    max_steps=200_000,
+    optimizer="sgd",
+    learning_rate=0.1,
+    schedule="step",
+    eval_interval=10_000,
+    log_interval=10_000,
+    select="last",
+)
+
+FAST = Recipe(
+    name="fast",
+    description="the conv on batches of whole names (random names, packed without padding), AdamW, warm-up + cosine",
+    model="conv",
+    batch_size=128,
+    epochs=12,
+    optimizer="adamw",
+    learning_rate=3e-3,
+    schedule="cosine",
+    warmup_fraction=0.02,
+    final_lr_fraction=0.0,
+    eval_interval=100,
+    log_interval=100,
+)
+
+RECIPES = {r.name: r for r in (FAST, LECTURE)}
+DEFAULT_RECIPE = FAST.name
+
+
+def get_recipe(name, **overrides):
+    """The named recipe with the given fields replaced (None values leave a field as it is)."""
+    if name not in RECIPES:
+        raise UserError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
+    return replace(RECIPES[name], **{k: v for k, v in overrides.items() if v is not None})
