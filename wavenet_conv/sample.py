@@ -198,7 +198,8 @@ def main(argv=None):
                         help="cut names at this many characters (default: the prefix plus twice the longest item)")
     parser.add_argument("--seed", type=int, default=42, help="seed of the sampling generator")
     parser.add_argument("--method", default="cached", choices=METHODS, help="sampler: all return the same names")
-    parser.add_argument("--device", default="cpu", choices=DEVICE_CHOICES, help="device to sample on")
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
+                        help="device to sample on (auto: CUDA when it works); the names do not depend on it")
     parser.add_argument("--input-file", "-i", default=None,
                         help=f"training data, to mark new names (default {DEFAULT_INPUT}, skipped if absent)")
     args = parser.parse_args(argv)
@@ -215,11 +216,12 @@ def main(argv=None):
                               f"is it the training data?")
         if max_len is None:
             max_len = len(args.prefix) + 2 * max(map(len, words))
-    generator = torch.Generator().manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(args.seed)  # on the CPU: the same seed, the same names anywhere
     names = sample(model, vocab, args.num_samples, method=args.method, generator=generator,
                    temperature=args.temperature, top_k=args.top_k, prefix=args.prefix, max_len=max_len)
     if words is None:
-        print("\n".join(names))
+        for name in names:
+            print(name)
         print(f"(no training data at {DEFAULT_INPUT}: cannot tell new names; pass --input-file)")
         return
     seen = set(split_words(words)[0])
@@ -227,7 +229,8 @@ def main(argv=None):
         print(f"{name:<24} {'in train' if name in seen else 'new'}")
     in_train = sum(name in seen for name in names)
     share = in_train / len(names) if names else 0.0
-    print(f"{in_train} of {len(names)} samples ({share:.1%}) occur in the training data; {len(names) - in_train} are new")
+    print(f"{in_train} of {len(names)} samples ({share:.1%}) occur in the training data; "
+          f"{len(names) - in_train} are new")
 
 
 if __name__ == "__main__":
