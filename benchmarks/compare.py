@@ -1,0 +1,522 @@
+"""Tree against conv, side by side: predictions per second at equal work with the same weights.
+
+    python benchmarks/compare.py                     # every device available, block sizes 8 16 32
+    python benchmarks/compare.py --quick             # a CPU smoke run in under 30 s (what the test runs)
+    python benchmarks/compare.py --device cpu --json benchmarks/results/compare_cpu.json --out-dir benchmarks/results
+
+A prediction is one next-character target. Every form gets the same weights (a seeded tree, converted with
+ConvWaveNet.from_tree), and before anything is timed the forms must agree on the benchmarked data:
+eval logits and loss over the whole validation split equal the tree's, one training step of the packed conv
+equals one of ConvWaveNet, and one step of the conv equals one of the tree (with running batch-norm
+statistics: in training mode the tree counts a shared node once per window that holds it, the conv once per
+position, so their batch statistics differ by design). A disagreement raises AgreementError.
+
+Each form and mode runs at every batch size of the sweep; the best is its result (all are in the JSON).
+Timed calls are interleaved over --rounds so that other load on the machine hits every form alike.
+Output: a markdown table (stdout and compare_<device>.md), a plot (compare_<device>.png) and as the last
+line of stdout one JSON object (also written to --json).
+"""
+import argparse
+import os
+import statistics
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # run from a checkout
+
+import torch  # noqa: E402
+
+from benchmarks import compare_workloads as cw  # noqa: E402
+from benchmarks.common import available_devices, environment, markdown_table, measure, write_json  # noqa: E402
+from wavenet_conv.config import ModelConfig  # noqa: E402
+from wavenet_conv.conv import ConvWaveNet  # noqa: E402
+from wavenet_conv.data import (  # noqa: E402
+    DEFAULT_INPUT, IGNORE_INDEX, Vocab, build_windows, encode_items, pad_items, read_words, split_words,
+)
+from wavenet_conv.errors import UserError, exit_on_user_error  # noqa: E402
+from wavenet_conv.packed import PackedItems  # noqa: E402
+from wavenet_conv.tree import TreeWaveNet  # noqa: E402
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+# the issue's targets: (device, block_size, ratio or throughput key, at least)
+TARGETS = [
+    ("cpu", 8, "eval_conv_over_tree", 3.0), ("cpu", 8, "train_conv_over_tree", 2.0),
+    ("cpu", 8, "eval_conv_over_loop", 100.0), ("cpu", 32, "eval_conv_over_tree", 10.0),
+    ("cuda", 8, "train_conv_over_tree", 3.0), ("cuda", 8, "train_conv_predictions_per_s", 1e7),
+]
+# FP32 (no tensor cores: torch's float32 matmuls do not use TF32 by default), dense, from NVIDIA's data sheets
+CUDA_FP32_PEAK_TFLOPS = [("H100 PCIe", 51.2), ("H100 NVL", 60.0), ("H100", 66.9), ("H200", 66.9), ("A100", 19.5)]
+
+
+# sweep defaults of a full run and of --quick (flags given explicitly win)
+FULL = {"block_sizes": [8, 16, 32], "eval_batch_sizes": [1024, 4096, 16384], "train_batch_sizes": [256, 1024, 4096], "train_predictions": 16384, "loop_windows": 2000,
+        "min_run_time": 0.5, "rounds": 3, "peak_size": 2048, "eval_items": 0}
+QUICK = {"block_sizes": [8], "eval_batch_sizes": [4096], "train_batch_sizes": [1024], "train_predictions": 2048,
+         "loop_windows": 256, "min_run_time": 0.05, "rounds": 1, "peak_size": 512, "eval_items": 500}
+
+
+class AgreementError(AssertionError):
+    """Two forms that should compute the same function do not: no timing is worth reporting."""
+
+
+# ---- the model and data --------------------------------------------------------------------------------
+
+def seeded_tree(config, seed, train_windows):
+    """The lecture's initialisation from `seed`, random batch-norm gamma and beta (nothing at identity), and
+    running statistics from training-mode forward passes over training windows (realistic, no weight update)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        tree = TreeWaveNet(config)
+    with torch.no_grad():
+        for _, bn in tree.levels:
+            bn.gamma.copy_(0.5 + torch.rand(bn.gamma.shape, generator=generator))
+            bn.beta.copy_(0.2 * torch.randn(bn.beta.shape, generator=generator))
+        x, _ = train_windows
+        batch = min(len(x), 1024)
+        for start in range(0, min(len(x) - batch + 1, 32 * batch), batch):  # full batches only
+            tree(x[start : start + batch])
+    return tree.eval()
+
+
+def prepare_data(words, vocab, config, device, args):
+    """Everything the workloads read, built once per block size and device."""
+    train, val, _ = split_words(words)
+    train_items = encode_items(train, vocab)
+    n_train, predictions = 0, 0
+    while n_train < len(train) and predictions < args.train_predictions:  # a fixed slice of the training split
+        predictions += len(train_items[n_train]) + 1
+        n_train += 1
+    val = val[: args.eval_items or len(val)]
+    return {
+        "device": torch.device(device), "vocab": vocab, "words": val, "items": encode_items(val, vocab),
+        "train_words": train[:n_train], "train_items": train_items[:n_train],
+        "generator": torch.Generator().manual_seed(args.seed), "loop_windows": args.loop_windows,
+    }
+
+
+# ---- agreement checks ------------------------------------------------------------------------------------
+
+def assert_agree(name, actual, expected, atol, rtol):
+    try:
+        torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol)
+    except AssertionError as e:
+        lines = [line for line in str(e).splitlines() if line.strip()]
+        raise AgreementError(f"{name}: forms disagree ({'; '.join(lines[:4])})") from None
+
+
+def window_logits(form, model, config, data, batch_size=1024):
+    """A form's logits and loss for every validation window in build_windows order (n v), computed on the
+    same kind of batches as its timed workload."""
+    words, items, vocab, device = data["words"], data["items"], data["vocab"], data["device"]
+    with torch.no_grad():
+        if form in ("loop", "tree"):
+            x, y = cw.windows_of(words, vocab, config.block_size, device)
+            if form == "loop":
+                x, y = x[: data["loop_windows"]], y[: data["loop_windows"]]
+            step = 1 if form == "loop" else batch_size
+            logits = torch.cat([model(x[i : i + step])[0] for i in range(0, len(x), step)])
+            return logits, torch.nn.functional.cross_entropy(logits, y)
+        chunks, batches = cw.item_chunks(form, "eval", config, words, items, vocab, batch_size, device,
+                                         torch.Generator().manual_seed(0))
+        first = torch.cumsum(torch.tensor([0] + [len(it) + 1 for it in items]), 0)  # each item's first window
+        logits = torch.empty(int(first[-1]), config.vocab_size, device=device)
+        targets = torch.empty(int(first[-1]), dtype=torch.long, device=device)
+        for (inputs, y), batch in zip(chunks, batches):
+            windows = torch.cat([torch.arange(first[i], first[i + 1]) for i in batch]).to(device)
+            if form == "conv_packed":
+                out, target = model(inputs)[0].index_select(0, inputs.window_rows), y  # build_windows order
+            else:
+                out = model(inputs) if form == "conv_folded" else model(inputs)[0]  # b t v
+                valid = y != IGNORE_INDEX  # b t, row-major: item by item, position by position
+                out, target = out[valid], y[valid]
+            logits[windows], targets[windows] = out, target
+    return logits, torch.nn.functional.cross_entropy(logits, targets)
+
+
+def check_eval_agreement(models, config, data, forms, atol=1e-5, rtol=1e-5):
+    """Every form's validation logits and loss equal the tree's; returns the tree's loss."""
+    ref_logits, ref_loss = window_logits("tree", models["tree"], config, data)
+    for form in forms:
+        if form == "tree":
+            continue
+        logits, loss = window_logits(form, models[form], config, data)
+        assert_agree(f"eval logits of {form} vs tree", logits, ref_logits[: len(logits)], atol, rtol)
+        if form != "loop":
+            assert_agree(f"eval loss of {form} vs tree", loss, ref_loss, atol, rtol)
+    return ref_loss.item()
+
+
+def one_step(model, inputs, targets):
+    optimizer = torch.optim.SGD(model.parameters(), lr=cw.TRAIN_LR)
+    _, loss = model(inputs, targets)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def check_train_agreement(tree, config, data, forms, make_train_model=cw.train_model, n_items=64,
+                          atol=1e-5, rtol=1e-5):
+    """One SGD step on the same items: packed conv == ConvWaveNet (training mode, exactly their function);
+    conv == tree with running batch-norm statistics (their training-mode statistics differ by design)."""
+    words, items, vocab, device = data["train_words"][:n_items], data["train_items"][:n_items], data["vocab"], \
+        data["device"]
+    if "conv_packed" in forms:
+        reference = make_train_model(tree, "conv")
+        x, y = pad_items(items)
+        reference_loss = one_step(reference, x.to(device), y.to(device))
+        packed_model = make_train_model(tree, "conv_packed")
+        (packed, windows_y), = cw.packed_batches(words, items, vocab, [list(range(len(items)))], config.block_size,
+                                                 device, time_major=False)  # the timed layout
+        loss = one_step(packed_model, packed, windows_y)
+        assert_agree("training loss of conv_packed vs conv", loss, reference_loss, atol, rtol)
+        expected = dict(reference.named_parameters()) | dict(reference.named_buffers())
+        for name, value in list(packed_model.conv.named_parameters()) + list(packed_model.conv.named_buffers()):
+            assert_agree(f"{name} after a training step, conv_packed vs conv", value, expected[name], atol, rtol)
+    if "tree" in forms:
+        stepped_tree, stepped_conv = make_train_model(tree, "tree").eval(), make_train_model(tree, "conv").eval()
+        wx, wy = build_windows(words, vocab, config.block_size)
+        tree_loss = one_step(stepped_tree, wx.to(device), wy.to(device))
+        x, y = pad_items(items)
+        conv_loss = one_step(stepped_conv, x.to(device), y.to(device))
+        assert_agree("loss of a step (running statistics), conv vs tree", conv_loss, tree_loss, atol, rtol)
+        expected = dict(ConvWaveNet.from_tree(stepped_tree).named_parameters())
+        for name, value in stepped_conv.named_parameters():
+            assert_agree(f"{name} after a step (running statistics), conv vs tree", value, expected[name], atol, rtol)
+
+
+# ---- peak and timing -------------------------------------------------------------------------------------
+
+def cpu_theoretical_gflops(threads):
+    """threads x FLOP per cycle (AVX-512: 64, AVX2 with FMA: 32, i.e. two FMA units) x the reported clock."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        return None, "no /proc/cpuinfo"
+    flags = next((line for line in info.splitlines() if line.startswith("flags")), "").split()
+    mhz = [float(line.split(":")[1]) for line in info.splitlines() if line.startswith("cpu MHz")]
+    if not mhz:
+        return None, "no clock in /proc/cpuinfo"
+    per_cycle = 64 if "avx512f" in flags else 32 if {"avx2", "fma"} <= set(flags) else 16
+    return threads * per_cycle * mhz[0] / 1e3, f"{threads} threads x {per_cycle} FLOP/cycle x {mhz[0]:.0f} MHz"
+
+
+def peak_gflops(device, size, min_run_time):
+    """The measured float32 matmul rate (the practical peak) and the data-sheet or estimated theoretical one."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    timing = measure(lambda: a @ b, min_run_time=min_run_time)
+    peak = {"matmul_size": size, "matmul_gflops": 2 * size**3 / timing["median_s"] / 1e9}
+    if torch.device(device).type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        spec = next((tf for key, tf in CUDA_FP32_PEAK_TFLOPS if key in name), None)
+        peak["theoretical_gflops"] = None if spec is None else spec * 1e3
+        peak["theoretical_basis"] = f"{name}: FP32 data sheet" if spec else "unknown GPU"
+    else:
+        peak["theoretical_gflops"], peak["theoretical_basis"] = cpu_theoretical_gflops(torch.get_num_threads())
+    return peak
+
+
+def timed_rounds(workloads, rounds, min_run_time, label=""):
+    """Each workload measured once per round, rounds interleaved; its median over rounds and the spread."""
+    per_round = [[] for _ in workloads]
+    for r in range(rounds):
+        for i, w in enumerate(workloads):
+            per_round[i].append(measure(w.run, min_run_time=min_run_time))
+            rate = w.n_predictions / per_round[i][-1]["median_s"]
+            print(f"{label} round {r + 1}/{rounds}: {w.mode} {w.form} batch {w.batch_size}: {rate:,.0f} predictions/s",
+                  file=sys.stderr, flush=True)
+    out = []
+    for timings in per_round:
+        medians = [t["median_s"] for t in timings]
+        out.append({
+            "median_s": statistics.median(medians), "iqr_s": statistics.median(t["iqr_s"] for t in timings),
+            "min_s": min(t["min_s"] for t in timings), "max_s": max(t["max_s"] for t in timings),
+            "round_medians_s": medians, "runs": sum(t["runs"] for t in timings),
+        })
+    return out
+
+
+def result_row(workload, timing, config, device, peak):
+    rate = workload.n_predictions / timing["median_s"]
+    flops_per_prediction = 2 * workload.forward_macs / workload.n_predictions * (3 if workload.mode == "train" else 1)
+    gflops = rate * flops_per_prediction / 1e9
+    theoretical = peak.get("theoretical_gflops")
+    return {
+        "form": workload.form, "mode": workload.mode, "device": device, "block_size": config.block_size,
+        "batch_size": workload.batch_size, "n_batches": workload.n_batches, "n_predictions": workload.n_predictions,
+        "predictions_per_s": rate,
+        # spread: the rate at the slowest and fastest single run, and the relative interquartile range
+        "predictions_per_s_min": workload.n_predictions / timing["max_s"],
+        "predictions_per_s_max": workload.n_predictions / timing["min_s"],
+        "iqr_rel": timing["iqr_s"] / timing["median_s"],
+        "median_s": timing["median_s"], "runs": timing["runs"], "round_medians_s": timing["round_medians_s"],
+        "macs_per_prediction": workload.forward_macs / workload.n_predictions,
+        "nominal_macs_per_prediction": cw.nominal_macs_per_prediction(config, workload.form),
+        "flops_per_prediction": flops_per_prediction, "gflops": gflops,
+        "fraction_of_matmul_peak": gflops / peak["matmul_gflops"],
+        "fraction_of_theoretical_peak": None if not theoretical else gflops / theoretical,
+    }
+
+
+def best_rows(rows):
+    """The fastest batch size of each (form, mode, device, block_size), marked best."""
+    best = {}
+    for row in rows:
+        key = (row["form"], row["mode"], row["device"], row["block_size"])
+        if key not in best or row["predictions_per_s"] > best[key]["predictions_per_s"]:
+            best[key] = row
+    for row in rows:
+        row["best"] = best[(row["form"], row["mode"], row["device"], row["block_size"])] is row
+    return [row for row in rows if row["best"]]
+
+
+def ratios_of(best, device, block_size):
+    """conv over tree and over loop, for the plain conv and for the fastest conv form (named)."""
+    rate = {(r["form"], r["mode"]): r["predictions_per_s"] for r in best
+            if r["device"] == device and r["block_size"] == block_size}
+    out = {}
+    for mode, base in (("eval", "tree"), ("train", "tree"), ("eval", "loop")):
+        if (base, mode) not in rate:
+            continue
+        if ("conv", mode) in rate:
+            out[f"{mode}_conv_over_{base}"] = rate[("conv", mode)] / rate[(base, mode)]
+        convs = [f for f in cw.CONV_FORMS if (f, mode) in rate]
+        if convs:
+            fastest = max(convs, key=lambda f: rate[(f, mode)])
+            out[f"{mode}_best_conv_over_{base}"] = rate[(fastest, mode)] / rate[(base, mode)]
+            out[f"{mode}_best_conv_form"] = fastest
+    for mode in ("eval", "train"):
+        convs = [f for f in cw.CONV_FORMS if (f, mode) in rate]
+        if convs:
+            out[f"{mode}_conv_predictions_per_s"] = rate.get(("conv", mode))
+            out[f"{mode}_best_conv_predictions_per_s"] = max(rate[(f, mode)] for f in convs)
+    return out
+
+
+def target_report(ratios):
+    """Each target of the issue that this run measured: the plain conv's value, the best conv form's, met."""
+    report = []
+    for device, block_size, key, at_least in TARGETS:
+        measured = ratios.get(device, {}).get("by_block_size", {}).get(str(block_size))
+        if not measured:
+            continue
+        best_key = key.replace("_conv_", "_best_conv_")
+        plain, best = measured.get(key), measured.get(best_key)
+        if best is None:
+            continue
+        mode = key.split("_")[0]
+        report.append({"device": device, "block_size": block_size, "key": key, "at_least": at_least,
+                       "conv": plain, "best_conv": best, "best_conv_form": measured.get(f"{mode}_best_conv_form"),
+                       "met": best >= at_least, "shortfall": None if best >= at_least else at_least / best})
+    return report
+
+
+# ---- output ------------------------------------------------------------------------------------------------
+
+TABLE_COLUMNS = [
+    ("block_size", "block", "{}"), ("mode", "mode", "{}"), ("form", "form", "{}"),
+    ("batch_size", "batch (pred.)", "{}"), ("predictions_per_s", "predictions/s", "{:,.0f}"),
+    ("spread", "spread (min-max)", "{}"), ("iqr_pct", "IQR", "{:.0f}%"),
+    ("vs_tree", "x tree", "{:.2f}"), ("macs_per_prediction", "MACs/pred.", "{:,.0f}"),
+    ("gflops", "GFLOP/s", "{:.1f}"), ("peak_pct", "% matmul peak", "{:.1f}"),
+]
+
+
+def table_rows(best):
+    rows = []
+    tree_rate = {(r["device"], r["block_size"], r["mode"]): r["predictions_per_s"] for r in best if r["form"] == "tree"}
+    for r in sorted(best, key=lambda r: (r["device"], r["block_size"], r["mode"], cw.FORMS.index(r["form"]))):
+        base = tree_rate.get((r["device"], r["block_size"], r["mode"]))
+        rows.append(dict(r, spread=f"{r['predictions_per_s_min']:,.0f}-{r['predictions_per_s_max']:,.0f}",
+                         iqr_pct=100 * r["iqr_rel"], vs_tree=None if base is None else r["predictions_per_s"] / base,
+                         peak_pct=100 * r["fraction_of_matmul_peak"]))
+    return rows
+
+
+def plot(best, device, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, mode in zip(axes, cw.MODES):
+        for form in cw.FORMS:
+            points = sorted((r["block_size"], r["predictions_per_s"]) for r in best
+                            if r["device"] == device and r["mode"] == mode and r["form"] == form)
+            if points:
+                ax.plot(*zip(*points), marker="o", label=form)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("block_size")
+        ax.set_title(f"{mode} on {device}")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("predictions per second (best batch size)")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def markdown_report(best, env, peak, ratios, targets, profile_text):
+    lines = [f"# tree vs conv on {env['device_name']} ({env['device']}), torch {env['torch']}, "
+             f"{env['threads']} threads", "",
+             markdown_table(table_rows(best), TABLE_COLUMNS), "",
+             f"Peak: float32 matmul {peak['matmul_size']}^3 measured at {peak['matmul_gflops']:.1f} GFLOP/s "
+             f"(the practical peak, '% matmul peak'); theoretical "
+             + (f"{peak['theoretical_gflops']:.0f} GFLOP/s ({peak['theoretical_basis']})."
+                if peak.get("theoretical_gflops") else f"unknown ({peak['theoretical_basis']}).")]
+    lines += ["", "| block | ratio | conv | best conv (form) |", "|---|---|---|---|"]
+    for block_size, values in ratios.get("by_block_size", {}).items():
+        for key in ("eval_conv_over_tree", "train_conv_over_tree", "eval_conv_over_loop"):
+            best_key = key.replace("_conv_", "_best_conv_")
+            if best_key in values:
+                plain = values.get(key)
+                lines.append(f"| {block_size} | {key} | {'-' if plain is None else f'{plain:.2f}'} | "
+                             f"{values[best_key]:.2f} ({values[key.split('_')[0] + '_best_conv_form']}) |")
+    if targets:
+        lines += ["", "| target | at least | best conv | met |", "|---|---|---|---|"]
+        for t in targets:
+            verdict = "yes" if t["met"] else f"no, short by {t['shortfall']:.2f}x"
+            lines.append(f"| {t['key']} at block {t['block_size']} | {t['at_least']:g} | {t['best_conv']:.3g} "
+                         f"({t['best_conv_form']}) | {verdict} |")
+    if profile_text:
+        lines += ["", "## Profiles (top operators by self time, one call each)", "", profile_text]
+    return "\n".join(lines) + "\n"
+
+
+def profile_workload(workload, rows=8):
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        workload.run()
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=36)
+    return f"### {workload.form} {workload.mode} (batch {workload.batch_size})\n\n```\n{table.strip()}\n```\n"
+
+
+# ---- the run -----------------------------------------------------------------------------------------------
+
+def run_device(device, words, vocab, args):
+    env = environment(device)
+    peak = peak_gflops(device, args.peak_size, args.min_run_time)
+    rows, profiles, losses = [], [], {}
+    for block_size in args.block_sizes:
+        config = ModelConfig(len(vocab), block_size, args.n_embd, args.n_hidden)
+        data = prepare_data(words, vocab, config, device, args)
+        tree = seeded_tree(config, args.seed, build_windows(data["train_words"], vocab, block_size)).to(device)
+        models = cw.build_models(tree)
+        losses[block_size] = check_eval_agreement(models, config, data, args.forms)
+        check_train_agreement(tree, config, data, args.forms)
+        workloads = []
+        for mode in args.modes:
+            for form in args.forms:
+                if mode == "train" and form not in cw.TRAINABLE:
+                    continue
+                sizes = [1] if form == "loop" else args.eval_batch_sizes if mode == "eval" else args.train_batch_sizes
+                for batch_size in sizes:
+                    if mode == "eval":
+                        workloads.append(cw.eval_workload(form, models[form], config, data, batch_size))
+                    else:
+                        workloads.append(cw.train_workload(form, cw.train_model(tree, form), config, data, batch_size))
+        timings = timed_rounds(workloads, args.rounds, args.min_run_time, f"[{device}] block_size {block_size}")
+        block_rows = [result_row(w, t, config, device, peak) for w, t in zip(workloads, timings)]
+        best = best_rows(block_rows)
+        if args.profile:
+            fastest = {(r["form"], r["mode"]): r["batch_size"] for r in best}
+            profiles += [profile_workload(w) for w in workloads if fastest[(w.form, w.mode)] == w.batch_size]
+        rows += block_rows
+        print(f"[{device}] block_size {block_size}: forms agree (val loss {losses[block_size]:.4f}); "
+              f"{len(workloads)} workloads timed", file=sys.stderr)
+    return env, peak, rows, "\n".join(profiles), losses
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description="Tree vs conv WaveNet: predictions per second, side by side.")
+    parser.add_argument("--input-file", "-i", default=DEFAULT_INPUT, help="one item per line (names.txt)")
+    parser.add_argument("--device", default="all", choices=["cpu", "cuda", "all"], help="where to run ('all': "
+                        "CPU plus CUDA when a GPU works)")
+    parser.add_argument("--block-sizes", type=int, nargs="+", default=None, help="context lengths to sweep (default 8 16 32; --quick: 8)")
+    parser.add_argument("--n-embd", type=int, default=24, help="embedding width (the lecture's 24)")
+    parser.add_argument("--n-hidden", type=int, default=128, help="hidden width (the lecture's 128)")
+    parser.add_argument("--forms", nargs="+", default=list(cw.FORMS), choices=cw.FORMS, help="forms to compare")
+    parser.add_argument("--modes", nargs="+", default=list(cw.MODES), choices=cw.MODES, help="eval and/or train")
+    parser.add_argument("--eval-batch-sizes", type=int, nargs="+", default=None,
+                        help="predictions per eval batch to sweep; each form keeps its fastest (default 1024 4096 16384; "
+                        "--quick: 4096)")
+    parser.add_argument("--train-batch-sizes", type=int, nargs="+", default=None,
+                        help="predictions per training step to sweep; the lecture trains with 32 (default 256 1024 4096; "
+                        "--quick: 1024)")
+    parser.add_argument("--train-predictions", type=int, default=None, help="predictions per timed training call (default 16384)")
+    parser.add_argument("--eval-items", type=int, default=None, help="validation items to evaluate (default 0: the "
+                        "whole validation split; --quick: 500)")
+    parser.add_argument("--loop-windows", type=int, default=None, help="validation windows the loop form runs (default 2000)")
+    parser.add_argument("--min-run-time", type=float, default=None, help="seconds per measurement (default 0.5)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved measurements of each workload (default 3)")
+    parser.add_argument("--peak-size", type=int, default=None, help="square matmul size for the practical peak (default 2048)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--seed", type=int, default=1337, help="weights and batching")
+    parser.add_argument("--profile", action="store_true", help="profile each form's fastest workload into the report")
+    parser.add_argument("--quick", action="store_true", help="CPU smoke run under 30 s: block 8, one batch size, "
+                        "short measurements")
+    parser.add_argument("--json", default=None, help="also write the JSON object here")
+    parser.add_argument("--out-dir", default=None, help="write compare_<device>.md and .png here")
+    args = parser.parse_args(argv)
+    if args.quick and args.device == "all":
+        args.device = "cpu"
+    for name, value in (QUICK if args.quick else FULL).items():  # what was not given on the command line
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    for size in args.block_sizes:
+        if size < 2 or size & (size - 1):
+            raise UserError(f"--block-sizes must be powers of two >= 2, got {size}")
+    for name in ("n_embd", "n_hidden", "train_predictions", "loop_windows", "rounds", "peak_size"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.eval_items < 0:
+        raise UserError("--eval-items must be at least 0 (0: the whole validation split)")
+    if min(args.eval_batch_sizes + args.train_batch_sizes) < 1 or args.min_run_time <= 0:
+        raise UserError("batch sizes and --min-run-time must be positive")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError("--threads must be at least 1")
+        torch.set_num_threads(args.threads)
+    return args
+
+
+@exit_on_user_error
+def main(argv=None):
+    args = parse_args(argv)
+    devices = available_devices(args.device)
+    words = read_words(args.input_file)
+    vocab = Vocab.from_words(words)
+    all_rows, environments, peaks, ratios, losses = [], {}, {}, {}, {}
+    for device in devices:
+        env, peak, rows, profile_text, device_losses = run_device(device, words, vocab, args)
+        best = best_rows(rows)
+        environments[device], peaks[device], losses[device] = env, peak, device_losses
+        ratios[device] = {"by_block_size": {str(b): ratios_of(best, device, b) for b in args.block_sizes}}
+        ratios[device].update(ratios[device]["by_block_size"][str(8 if 8 in args.block_sizes else args.block_sizes[0])])
+        all_rows += rows
+        targets = [t for t in target_report(ratios) if t["device"] == device]
+        report = markdown_report(best, env, peak, ratios[device], targets, profile_text)
+        print(report)
+        if args.out_dir:
+            os.makedirs(args.out_dir, exist_ok=True)
+            with open(os.path.join(args.out_dir, f"compare_{device}.md"), "w") as f:
+                f.write(report)
+            plot(best, device, os.path.join(args.out_dir, f"compare_{device}.png"))
+    write_json({
+        "device": "+".join(devices), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "environments": environments, "peak": peaks, "results": all_rows, "ratios": ratios,
+        "targets": target_report(ratios), "val_loss": losses, "quick": args.quick,
+        "model": {"n_embd": args.n_embd, "n_hidden": args.n_hidden, "vocab_size": len(vocab)},
+        "ratio_forms": "X_conv_over_Y: ConvWaveNet (form 'conv', length-bucketed batches); X_best_conv_over_Y: the "
+                       "fastest of conv, conv_folded, conv_packed (named in X_best_conv_form); each form at its "
+                       "fastest batch size (batch_size, in predictions per batch or step)",
+    }, args.json)
+
+
+if __name__ == "__main__":
+    main()

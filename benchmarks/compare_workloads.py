@@ -1,0 +1,224 @@
+"""The timed work of benchmarks/compare.py: each form's model and batches, built before any timing starts.
+
+A workload is one timed call: a fixed set of predictions (the validation split for eval, a fixed slice of
+the training split for train) in batches of about `batch_size` predictions, with everything a step needs
+(window tensors, padded bucketed batches, packed rows) already built and on the device.
+
+Forms (all hold the same weights, checked by compare.py before timing):
+- loop: the lecture's tree, one window at a time (eval only: one window is no batch for batch norm);
+- tree: the lecture's tree over batches of windows;
+- conv: ConvWaveNet over length-bucketed batches of whole items, padded on the right;
+- conv_folded: FoldedConvWaveNet (batch norm folded into the weights) over the same batches (eval only);
+- conv_packed: PackedConvWaveNet, items packed without padding, the all-dot nodes computed once, the
+  embedding folded into level 0 (and in eval, batch norm folded in and level 0 a token-pair table).
+
+Multiply-adds (MACs) are counted from the shapes each form really computes (padding and all-dot nodes
+included), matmuls only: batch norm, tanh and the loss are elementwise and not counted.
+Shape legend: n examples, b batch, t time.
+"""
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from wavenet_conv.conv import ConvWaveNet
+from wavenet_conv.data import IGNORE_INDEX, bucketed_batches, build_windows, pad_items
+from wavenet_conv.folded import FoldedConvWaveNet
+from wavenet_conv.packed import PackedConvWaveNet, PackedItems
+
+FORMS = ("loop", "tree", "conv", "conv_folded", "conv_packed")
+CONV_FORMS = ("conv", "conv_folded", "conv_packed")
+MODES = ("eval", "train")
+TRAINABLE = ("tree", "conv", "conv_packed")
+TRAIN_LR = 0.01  # plain SGD, as the lecture (its 0.1 would do as well; speed does not depend on it)
+
+
+@dataclass
+class Workload:
+    form: str
+    mode: str
+    batch_size: int  # predictions per batch (per optimizer step in train); for loop 1
+    n_predictions: int  # predictions per call of run
+    n_batches: int
+    forward_macs: int  # multiply-adds of the forward passes of one call
+    run: object  # the timed callable
+
+
+# ---- multiply-adds per form, from shapes --------------------------------------------------------------
+
+def tree_macs_per_window(config):
+    """Every node of the window's tree: block / 2**(level + 1) nodes at each level, then the head."""
+    macs, fan_in = 0, 2 * config.n_embd
+    for level in range(config.n_levels):
+        macs += config.block_size // 2 ** (level + 1) * fan_in * config.n_hidden
+        fan_in = 2 * config.n_hidden
+    return macs + config.n_hidden * config.vocab_size
+
+
+def conv_macs(config, batch, time):
+    """ConvWaveNet on a (batch, time) padded batch: level i runs at pad + time - (2**(i+1) - 1) positions."""
+    positions, macs, fan_in = config.block_size - 1 + time, 0, 2 * config.n_embd
+    for level in range(config.n_levels):
+        positions -= 2**level
+        macs += batch * positions * fan_in * config.n_hidden
+        fan_in = 2 * config.n_hidden
+    return macs + batch * time * config.n_hidden * config.vocab_size
+
+
+def packed_macs(config, rows):
+    """PackedConvWaveNet: level 0 is two (v c) x (c h) tables, each later level and the head one row each."""
+    h = config.n_hidden
+    return (2 * config.vocab_size * config.n_embd * h + rows * (config.n_levels - 1) * 2 * h * h
+            + rows * h * config.vocab_size)
+
+
+def nominal_macs_per_prediction(config, form):
+    """The model's own cost per prediction, without padding: the tree's 2**L - 1 nodes against L nodes."""
+    if form in ("loop", "tree"):
+        return tree_macs_per_window(config)
+    h = config.n_hidden
+    return 2 * config.n_embd * h + (config.n_levels - 1) * 2 * h * h + h * config.vocab_size
+
+
+# ---- batches ------------------------------------------------------------------------------------------
+
+def item_batches(items, batch_size, bucketed, generator):
+    """Index lists of items with about batch_size predictions each: length-bucketed, or in order."""
+    per_item = sum(len(it) + 1 for it in items) / len(items)
+    n_items = max(1, round(batch_size / per_item))
+    if bucketed:
+        return bucketed_batches(items, n_items, generator)
+    return [list(range(i, min(i + n_items, len(items)))) for i in range(0, len(items), n_items)]
+
+
+def same_length_batches(items, batch_size, generator=None):
+    """Index lists of items of one length each, about batch_size predictions a batch (the time-major layout);
+    the batch order shuffled by `generator` when given."""
+    by_length = {}
+    for i, it in enumerate(items):
+        by_length.setdefault(len(it), []).append(i)
+    batches = []
+    for length, members in sorted(by_length.items()):
+        n_items = max(1, round(batch_size / (length + 1)))
+        batches += [members[i : i + n_items] for i in range(0, len(members), n_items)]
+    if generator is not None:
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+    return batches
+
+
+def windows_of(words, vocab, block_size, device):
+    x, y = build_windows(words, vocab, block_size)
+    return x.to(device), y.to(device)  # n t, n
+
+
+def padded_batches(items, batches, device):
+    return [tuple(t.to(device) for t in pad_items([items[i] for i in b])) for b in batches]  # (b t, b t)
+
+
+def packed_batches(words, items, vocab, batches, block_size, device, time_major=True):
+    out = []
+    for b in batches:
+        _, y = build_windows([words[i] for i in b], vocab, block_size)  # targets in build_windows order
+        packed = PackedItems.from_items([items[i] for i in b], block_size, time_major=time_major)
+        out.append((packed.to(device), y.to(device)))
+    return out
+
+
+def item_chunks(form, mode, config, words, items, vocab, batch_size, device, generator):
+    """The batches of an item form (conv, conv_folded, conv_packed) and the item indices of each.
+
+    conv_packed evaluates items of one length per batch, time-major (no gathers); it trains on batches of
+    any lengths in the split's (shuffled) order, so that each step's batch is as large as asked."""
+    if form == "conv_packed":
+        time_major = mode == "eval"
+        batches = same_length_batches(items, batch_size, generator) if time_major else \
+            item_batches(items, batch_size, False, generator)
+        return packed_batches(words, items, vocab, batches, config.block_size, device, time_major), batches
+    batches = item_batches(items, batch_size, True, generator)
+    return padded_batches(items, batches, device), batches
+
+
+def chunk_macs(form, config, chunks):
+    if form == "conv_packed":
+        return sum(packed_macs(config, len(packed.tokens)) for packed, _ in chunks)
+    return sum(conv_macs(config, *x.shape) for x, _ in chunks)
+
+
+# ---- the timed callables -----------------------------------------------------------------------------
+
+def build_models(tree):
+    """Each form's model, all from one tree (same weights); train copies are separate so timing never
+    changes the weights that the eval forms are checked and timed with."""
+    conv = ConvWaveNet.from_tree(tree).eval()
+    eval_models = {"loop": tree, "tree": tree, "conv": conv, "conv_folded": FoldedConvWaveNet(conv),
+                   "conv_packed": PackedConvWaveNet(conv)}
+    return eval_models
+
+
+def train_model(tree, form):
+    """A fresh training copy of the tree's weights in the given form."""
+    if form == "tree":
+        return copy.deepcopy(tree).train()
+    conv = ConvWaveNet.from_tree(tree)
+    return (conv if form == "conv" else PackedConvWaveNet(conv)).train()
+
+
+def folded_loss(model, x, y):
+    logits = model(x)  # b t v
+    return logits, F.cross_entropy(rearrange(logits, "b t v -> (b t) v"), rearrange(y, "b t -> (b t)"),
+                                   ignore_index=IGNORE_INDEX)
+
+
+def eval_workload(form, model, config, data, batch_size):
+    """data: dict with 'words', 'items', 'vocab', 'device', 'generator', 'loop_windows' (prepare_data)."""
+    device, words, items, vocab = data["device"], data["words"], data["items"], data["vocab"]
+    if form in ("loop", "tree"):
+        x, y = windows_of(words, vocab, config.block_size, device)
+        if form == "loop":
+            x, y = x[: data["loop_windows"]], y[: data["loop_windows"]]
+            batch_size = 1
+        chunks = [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+        macs = len(x) * tree_macs_per_window(config)
+    else:
+        chunks, _ = item_chunks(form, "eval", config, words, items, vocab, batch_size, device, data["generator"])
+        macs = chunk_macs(form, config, chunks)
+    step = (lambda x, y: folded_loss(model, x, y)) if form == "conv_folded" else model
+    n_predictions = sum(int((y != IGNORE_INDEX).sum()) for _, y in chunks)
+
+    def run():
+        with torch.no_grad():
+            for inputs, targets in chunks:
+                step(inputs, targets)
+
+    return Workload(form, "eval", batch_size, n_predictions, len(chunks), macs, run)
+
+
+def train_workload(form, model, config, data, batch_size):
+    """Forward, backward and an SGD step per batch, over data['train_words'] (a fixed slice of the split)."""
+    device, words, items, vocab = data["device"], data["train_words"], data["train_items"], data["vocab"]
+    if form == "tree":
+        x, y = windows_of(words, vocab, config.block_size, device)
+        order = torch.randperm(len(x), generator=data["generator"]).to(device)  # the lecture samples windows
+        x, y = x[order], y[order]
+        # full batches only: a batch of one window has no batch-norm variance
+        n = max(batch_size, len(x) - len(x) % batch_size)
+        chunks = [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, n, batch_size)]
+        macs = sum(len(xb) for xb, _ in chunks) * tree_macs_per_window(config)
+    elif form in ("conv", "conv_packed"):
+        chunks, _ = item_chunks(form, "train", config, words, items, vocab, batch_size, device, data["generator"])
+        macs = chunk_macs(form, config, chunks)
+    else:
+        raise ValueError(f"form {form!r} does not train")
+    optimizer = torch.optim.SGD(model.parameters(), lr=TRAIN_LR)
+    n_predictions = sum(int((y != IGNORE_INDEX).sum()) for _, y in chunks)
+
+    def run():
+        for inputs, targets in chunks:
+            _, loss = model(inputs, targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    return Workload(form, "train", batch_size, n_predictions, len(chunks), macs, run)

@@ -1,0 +1,103 @@
+"""benchmarks/compare.py: the --quick run's JSON contract, and an agreement check that catches a wrong form."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import compare
+from benchmarks import compare_workloads as cw
+from wavenet_conv.config import ModelConfig
+from wavenet_conv.data import build_windows
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_quick_run_prints_the_json_contract(names_path, tmp_path):
+    out = subprocess.run(
+        # one thread: on a shared 2-core machine, two OpenMP threads make every tiny op of the loop form stall
+        [sys.executable, str(REPO / "benchmarks" / "compare.py"), "--quick", "--threads", "1", "-i", str(names_path),
+         "--json", str(tmp_path / "compare.json"), "--out-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == json.loads((tmp_path / "compare.json").read_text())
+    assert {"device", "torch", "threads", "results", "ratios"} <= set(result)
+    assert result["device"] == "cpu"
+    rows = result["results"]
+    for row in rows:
+        assert {"form", "mode", "device", "block_size", "predictions_per_s", "gflops"} <= set(row)
+        assert row["predictions_per_s"] > 0
+    best = {(r["form"], r["mode"]): r["predictions_per_s"] for r in rows if r["best"] and r["block_size"] == 8}
+    assert set(best) == {("loop", "eval"), ("tree", "eval"), ("conv", "eval"), ("conv_folded", "eval"),
+                         ("conv_packed", "eval"), ("tree", "train"), ("conv", "train"), ("conv_packed", "train")}
+    ratios = result["ratios"]["cpu"]
+    assert ratios["eval_conv_over_tree"] == pytest.approx(best[("conv", "eval")] / best[("tree", "eval")])
+    assert ratios["train_conv_over_tree"] == pytest.approx(best[("conv", "train")] / best[("tree", "train")])
+    assert ratios["eval_conv_over_loop"] == pytest.approx(best[("conv", "eval")] / best[("loop", "eval")])
+    fastest = max(cw.CONV_FORMS, key=lambda f: best[(f, "eval")])
+    assert ratios["eval_best_conv_form"] == fastest
+    assert ratios["eval_best_conv_over_tree"] == pytest.approx(best[(fastest, "eval")] / best[("tree", "eval")])
+    assert (tmp_path / "compare_cpu.png").stat().st_size > 0
+    assert "| 8 | eval | conv_packed |" in (tmp_path / "compare_cpu.md").read_text()
+
+
+def test_bad_block_size_is_a_one_line_error(names_path):
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "compare.py"), "--quick", "-i", str(names_path),
+                          "--block-sizes", "6"], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == ["error: --block-sizes must be powers of two >= 2, got 6"]
+
+
+@pytest.fixture
+def small_setup(words, vocab):
+    """The benchmark's own model and data at a small width, over a slice of the validation split."""
+    args = compare.parse_args(["--quick", "--train-predictions", "256", "--loop-windows", "16"])
+    config = ModelConfig(len(vocab), 8, 6, 16)
+    data = compare.prepare_data(words, vocab, config, "cpu", args)
+    data["words"], data["items"] = data["words"][:60], data["items"][:60]
+    tree = compare.seeded_tree(config, 0, build_windows(data["train_words"], vocab, 8))
+    return config, data, tree
+
+
+def test_agreement_checks_pass_on_the_same_weights(small_setup):
+    config, data, tree = small_setup
+    compare.check_eval_agreement(cw.build_models(tree), config, data, cw.FORMS)
+    compare.check_train_agreement(tree, config, data, cw.FORMS)
+
+
+@pytest.mark.parametrize("form", ["loop", "conv", "conv_folded", "conv_packed"])
+def test_eval_check_catches_a_corrupted_form(small_setup, form):
+    config, data, tree = small_setup
+    models = cw.build_models(tree)
+    if form == "loop":
+        models["loop"] = compare.seeded_tree(config, 1, build_windows(data["train_words"], data["vocab"], 8))
+    elif form == "conv_folded":
+        with torch.no_grad():
+            models["conv_folded"].weights[1][0, 0] += 1e-3
+    else:
+        models[form] = cw.PackedConvWaveNet(cw.ConvWaveNet.from_tree(tree)).eval() if form == "conv_packed" \
+            else cw.ConvWaveNet.from_tree(tree).eval()
+        conv = models[form].conv if form == "conv_packed" else models[form]
+        with torch.no_grad():
+            conv.levels[1].conv.weight[0, 0, 0] += 1e-3
+    with pytest.raises(compare.AgreementError, match=f"{form} vs tree"):
+        compare.check_eval_agreement(models, config, data, cw.FORMS)
+
+
+@pytest.mark.parametrize("form", ["conv_packed", "tree"])
+def test_train_check_catches_a_corrupted_form(small_setup, form):
+    config, data, tree = small_setup
+
+    def corrupted(tree, which):
+        model = cw.train_model(tree, which)
+        if which == form:
+            with torch.no_grad():
+                next(model.parameters()).view(-1)[0] += 1e-3
+        return model
+
+    with pytest.raises(compare.AgreementError, match=f"{form}" if form != "tree" else "vs tree"):
+        compare.check_train_agreement(tree, config, data, cw.FORMS, make_train_model=corrupted)
