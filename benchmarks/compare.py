@@ -33,10 +33,8 @@ from wavenet_conv.data import (  # noqa: E402
     DEFAULT_INPUT, IGNORE_INDEX, Vocab, build_windows, encode_items, pad_items, read_words, split_words,
 )
 from wavenet_conv.errors import UserError, exit_on_user_error  # noqa: E402
-from wavenet_conv.packed import PackedItems  # noqa: E402
 from wavenet_conv.tree import TreeWaveNet  # noqa: E402
 
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 # the issue's targets: (device, block_size, ratio or throughput key, at least)
 TARGETS = [
     ("cpu", 8, "eval_conv_over_tree", 3.0), ("cpu", 8, "train_conv_over_tree", 2.0),
@@ -48,8 +46,12 @@ CUDA_FP32_PEAK_TFLOPS = [("H100 PCIe", 51.2), ("H100 NVL", 60.0), ("H100", 66.9)
 
 
 # sweep defaults of a full run and of --quick (flags given explicitly win)
-FULL = {"block_sizes": [8, 16, 32], "eval_batch_sizes": [1024, 4096, 16384], "train_batch_sizes": [256, 1024, 4096], "train_predictions": 16384, "loop_windows": 2000,
+FULL = {"block_sizes": [8, 16, 32], "eval_batch_sizes": [256, 1024, 2048, 4096, 16384],
+        "train_batch_sizes": [256, 1024, 4096], "train_predictions": 16384, "loop_windows": 2000,
         "min_run_time": 0.5, "rounds": 3, "peak_size": 2048, "eval_items": 0}
+# a GPU needs far larger batches to be busy; its loop form runs fewer windows (one kernel launch per op)
+FULL_CUDA = FULL | {"eval_batch_sizes": [4096, 16384, 65536], "train_batch_sizes": [1024, 4096, 16384, 65536],
+                    "train_predictions": 262144, "loop_windows": 500, "peak_size": 8192}
 QUICK = {"block_sizes": [8], "eval_batch_sizes": [4096], "train_batch_sizes": [1024], "train_predictions": 2048,
          "loop_windows": 256, "min_run_time": 0.05, "rounds": 1, "peak_size": 512, "eval_items": 500}
 
@@ -187,7 +189,8 @@ def check_train_agreement(tree, config, data, forms, make_train_model=cw.train_m
 # ---- peak and timing -------------------------------------------------------------------------------------
 
 def cpu_theoretical_gflops(threads):
-    """threads x FLOP per cycle (AVX-512: 64, AVX2 with FMA: 32, i.e. two FMA units) x the reported clock."""
+    """threads x FLOP per cycle (AVX-512: 64, AVX2 with FMA: 32, i.e. two FMA units) x the reported clock:
+    an estimate (a virtual machine reports its base clock; a measured matmul can beat it)."""
     try:
         with open("/proc/cpuinfo") as f:
             info = f.read()
@@ -198,7 +201,8 @@ def cpu_theoretical_gflops(threads):
     if not mhz:
         return None, "no clock in /proc/cpuinfo"
     per_cycle = 64 if "avx512f" in flags else 32 if {"avx2", "fma"} <= set(flags) else 16
-    return threads * per_cycle * mhz[0] / 1e3, f"{threads} threads x {per_cycle} FLOP/cycle x {mhz[0]:.0f} MHz"
+    return threads * per_cycle * mhz[0] / 1e3, (f"{threads} threads x {per_cycle} FLOP/cycle x {mhz[0]:.0f} MHz, "
+                                                 "the reported clock: boost clocks run above it")
 
 
 def peak_gflops(device, size, min_run_time):
@@ -239,7 +243,7 @@ def timed_rounds(workloads, rounds, min_run_time, label=""):
 
 def result_row(workload, timing, config, device, peak):
     rate = workload.n_predictions / timing["median_s"]
-    flops_per_prediction = 2 * workload.forward_macs / workload.n_predictions * (3 if workload.mode == "train" else 1)
+    flops_per_prediction = 2 * workload.macs / workload.n_predictions
     gflops = rate * flops_per_prediction / 1e9
     theoretical = peak.get("theoretical_gflops")
     return {
@@ -251,7 +255,7 @@ def result_row(workload, timing, config, device, peak):
         "predictions_per_s_max": workload.n_predictions / timing["min_s"],
         "iqr_rel": timing["iqr_s"] / timing["median_s"],
         "median_s": timing["median_s"], "runs": timing["runs"], "round_medians_s": timing["round_medians_s"],
-        "macs_per_prediction": workload.forward_macs / workload.n_predictions,
+        "macs_per_prediction": workload.macs / workload.n_predictions,  # training: forward and backward
         "nominal_macs_per_prediction": cw.nominal_macs_per_prediction(config, workload.form),
         "flops_per_prediction": flops_per_prediction, "gflops": gflops,
         "fraction_of_matmul_peak": gflops / peak["matmul_gflops"],
@@ -399,6 +403,7 @@ def profile_workload(workload, rows=8):
 # ---- the run -----------------------------------------------------------------------------------------------
 
 def run_device(device, words, vocab, args):
+    args = settings_for(args, device)
     env = environment(device)
     peak = peak_gflops(device, args.peak_size, args.min_run_time)
     rows, profiles, losses = [], [], {}
@@ -429,7 +434,8 @@ def run_device(device, words, vocab, args):
         rows += block_rows
         print(f"[{device}] block_size {block_size}: forms agree (val loss {losses[block_size]:.4f}); "
               f"{len(workloads)} workloads timed", file=sys.stderr)
-    return env, peak, rows, "\n".join(profiles), losses
+    settings = {k: v for k, v in vars(args).items() if k in FULL}
+    return env, peak, rows, "\n".join(profiles), losses, settings
 
 
 def parse_args(argv):
@@ -443,8 +449,8 @@ def parse_args(argv):
     parser.add_argument("--forms", nargs="+", default=list(cw.FORMS), choices=cw.FORMS, help="forms to compare")
     parser.add_argument("--modes", nargs="+", default=list(cw.MODES), choices=cw.MODES, help="eval and/or train")
     parser.add_argument("--eval-batch-sizes", type=int, nargs="+", default=None,
-                        help="predictions per eval batch to sweep; each form keeps its fastest (default 1024 4096 16384; "
-                        "--quick: 4096)")
+                        help="predictions per eval batch to sweep; each form keeps its fastest (default 256 1024 2048 4096 "
+                        "16384; --quick: 4096)")
     parser.add_argument("--train-batch-sizes", type=int, nargs="+", default=None,
                         help="predictions per training step to sweep; the lecture trains with 32 (default 256 1024 4096; "
                         "--quick: 1024)")
@@ -465,18 +471,15 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     if args.quick and args.device == "all":
         args.device = "cpu"
-    for name, value in (QUICK if args.quick else FULL).items():  # what was not given on the command line
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    for size in args.block_sizes:
+    for size in args.block_sizes or []:
         if size < 2 or size & (size - 1):
             raise UserError(f"--block-sizes must be powers of two >= 2, got {size}")
     for name in ("n_embd", "n_hidden", "train_predictions", "loop_windows", "rounds", "peak_size"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.eval_items < 0:
+    if args.eval_items is not None and args.eval_items < 0:
         raise UserError("--eval-items must be at least 0 (0: the whole validation split)")
-    if min(args.eval_batch_sizes + args.train_batch_sizes) < 1 or args.min_run_time <= 0:
+    if min((args.eval_batch_sizes or [1]) + (args.train_batch_sizes or [1])) < 1 or (args.min_run_time or 1) <= 0:
         raise UserError("batch sizes and --min-run-time must be positive")
     if args.threads is not None:
         if args.threads < 1:
@@ -485,19 +488,26 @@ def parse_args(argv):
     return args
 
 
+def settings_for(args, device):
+    """The flags with what was not given filled in for this device: --quick's, a GPU's or the CPU's defaults."""
+    defaults = QUICK if args.quick else FULL_CUDA if torch.device(device).type == "cuda" else FULL
+    return argparse.Namespace(**{k: defaults[k] if v is None and k in defaults else v for k, v in vars(args).items()})
+
+
 @exit_on_user_error
 def main(argv=None):
     args = parse_args(argv)
     devices = available_devices(args.device)
     words = read_words(args.input_file)
     vocab = Vocab.from_words(words)
-    all_rows, environments, peaks, ratios, losses = [], {}, {}, {}, {}
+    all_rows, environments, peaks, ratios, losses, settings = [], {}, {}, {}, {}, {}
     for device in devices:
-        env, peak, rows, profile_text, device_losses = run_device(device, words, vocab, args)
+        env, peak, rows, profile_text, device_losses, settings[device] = run_device(device, words, vocab, args)
         best = best_rows(rows)
         environments[device], peaks[device], losses[device] = env, peak, device_losses
-        ratios[device] = {"by_block_size": {str(b): ratios_of(best, device, b) for b in args.block_sizes}}
-        ratios[device].update(ratios[device]["by_block_size"][str(8 if 8 in args.block_sizes else args.block_sizes[0])])
+        block_sizes = sorted({r["block_size"] for r in rows})
+        ratios[device] = {"by_block_size": {str(b): ratios_of(best, device, b) for b in block_sizes}}
+        ratios[device].update(ratios[device]["by_block_size"][str(8 if 8 in block_sizes else block_sizes[0])])
         all_rows += rows
         targets = [t for t in target_report(ratios) if t["device"] == device]
         report = markdown_report(best, env, peak, ratios[device], targets, profile_text)
@@ -510,7 +520,7 @@ def main(argv=None):
     write_json({
         "device": "+".join(devices), "torch": torch.__version__, "threads": torch.get_num_threads(),
         "environments": environments, "peak": peaks, "results": all_rows, "ratios": ratios,
-        "targets": target_report(ratios), "val_loss": losses, "quick": args.quick,
+        "targets": target_report(ratios), "val_loss": losses, "quick": args.quick, "settings": settings,
         "model": {"n_embd": args.n_embd, "n_hidden": args.n_hidden, "vocab_size": len(vocab)},
         "ratio_forms": "X_conv_over_Y: ConvWaveNet (form 'conv', length-bucketed batches); X_best_conv_over_Y: the "
                        "fastest of conv, conv_folded, conv_packed (named in X_best_conv_form); each form at its "

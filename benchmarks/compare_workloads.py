@@ -10,7 +10,8 @@ Forms (all hold the same weights, checked by compare.py before timing):
 - conv: ConvWaveNet over length-bucketed batches of whole items, padded on the right;
 - conv_folded: FoldedConvWaveNet (batch norm folded into the weights) over the same batches (eval only);
 - conv_packed: PackedConvWaveNet, items packed without padding, the all-dot nodes computed once, the
-  embedding folded into level 0 (and in eval, batch norm folded in and level 0 a token-pair table).
+  embedding folded into level 0; in eval batch norm folded in, level 0 a token-pair table and items of one
+  length per batch, time-major (shifted matmuls instead of gathers); in training any items, in order.
 
 Multiply-adds (MACs) are counted from the shapes each form really computes (padding and all-dot nodes
 included), matmuls only: batch norm, tanh and the loss are elementwise and not counted.
@@ -42,7 +43,7 @@ class Workload:
     batch_size: int  # predictions per batch (per optimizer step in train); for loop 1
     n_predictions: int  # predictions per call of run
     n_batches: int
-    forward_macs: int  # multiply-adds of the forward passes of one call
+    macs: int  # multiply-adds of one call's matmuls (training: forward and backward)
     run: object  # the timed callable
 
 
@@ -57,21 +58,33 @@ def tree_macs_per_window(config):
     return macs + config.n_hidden * config.vocab_size
 
 
-def conv_macs(config, batch, time):
+def conv_macs(config, batch, time, mode="eval"):
     """ConvWaveNet on a (batch, time) padded batch: level i runs at pad + time - (2**(i+1) - 1) positions."""
     positions, macs, fan_in = config.block_size - 1 + time, 0, 2 * config.n_embd
     for level in range(config.n_levels):
         positions -= 2**level
         macs += batch * positions * fan_in * config.n_hidden
         fan_in = 2 * config.n_hidden
-    return macs + batch * time * config.n_hidden * config.vocab_size
+    macs += batch * time * config.n_hidden * config.vocab_size
+    return macs if mode == "eval" else 3 * macs  # backward: the input's and the weight's gradient
 
 
-def packed_macs(config, rows):
-    """PackedConvWaveNet: level 0 is two (v c) x (c h) tables, each later level and the head one row each."""
-    h = config.n_hidden
-    return (2 * config.vocab_size * config.n_embd * h + rows * (config.n_levels - 1) * 2 * h * h
-            + rows * h * config.vocab_size)
+def packed_macs(config, packed, mode):
+    """PackedConvWaveNet on one batch: each level's later tap on every row; its earlier tap on every row in the
+    item-major layout, but time-major only on rows whose earlier node lies inside the item (the rest read the
+    all-dot row: one row's worth); the head on every row. Level 0 is two (v c) x (c h) tables per training
+    step, computed once in eval (cached with the folded weights). Training: 3x those (forward, the input's and
+    the weight's gradient), plus the batch-norm statistics: two products per level with the row weights."""
+    rows, h = len(packed.tokens), config.n_hidden
+    macs = rows * h * config.vocab_size + (2 * config.vocab_size * config.n_embd * h if mode == "train" else 0)
+    for level in range(1, config.n_levels):
+        if packed.rows_per_step is None:
+            earlier_rows = rows
+        else:
+            earlier_rows = 1 + max(0, rows - 1 - 2**level * packed.rows_per_step)
+        macs += (rows + earlier_rows) * h * h
+    # the statistics' products need no weight gradient: forward and the input's gradient, two per level
+    return macs if mode == "eval" else 3 * macs + config.n_levels * 2 * 2 * rows * h
 
 
 def nominal_macs_per_prediction(config, form):
@@ -140,10 +153,10 @@ def item_chunks(form, mode, config, words, items, vocab, batch_size, device, gen
     return padded_batches(items, batches, device), batches
 
 
-def chunk_macs(form, config, chunks):
+def chunk_macs(form, mode, config, chunks):
     if form == "conv_packed":
-        return sum(packed_macs(config, len(packed.tokens)) for packed, _ in chunks)
-    return sum(conv_macs(config, *x.shape) for x, _ in chunks)
+        return sum(packed_macs(config, packed, mode) for packed, _ in chunks)
+    return sum(conv_macs(config, *x.shape, mode) for x, _ in chunks)
 
 
 # ---- the timed callables -----------------------------------------------------------------------------
@@ -183,7 +196,7 @@ def eval_workload(form, model, config, data, batch_size):
         macs = len(x) * tree_macs_per_window(config)
     else:
         chunks, _ = item_chunks(form, "eval", config, words, items, vocab, batch_size, device, data["generator"])
-        macs = chunk_macs(form, config, chunks)
+        macs = chunk_macs(form, "eval", config, chunks)
     step = (lambda x, y: folded_loss(model, x, y)) if form == "conv_folded" else model
     n_predictions = sum(int((y != IGNORE_INDEX).sum()) for _, y in chunks)
 
@@ -205,10 +218,10 @@ def train_workload(form, model, config, data, batch_size):
         # full batches only: a batch of one window has no batch-norm variance
         n = max(batch_size, len(x) - len(x) % batch_size)
         chunks = [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, n, batch_size)]
-        macs = sum(len(xb) for xb, _ in chunks) * tree_macs_per_window(config)
+        macs = 3 * sum(len(xb) for xb, _ in chunks) * tree_macs_per_window(config)  # forward and backward
     elif form in ("conv", "conv_packed"):
         chunks, _ = item_chunks(form, "train", config, words, items, vocab, batch_size, device, data["generator"])
-        macs = chunk_macs(form, config, chunks)
+        macs = chunk_macs(form, "train", config, chunks)
     else:
         raise ValueError(f"form {form!r} does not train")
     optimizer = torch.optim.SGD(model.parameters(), lr=TRAIN_LR)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import compare
 from benchmarks import compare_workloads as cw
@@ -101,3 +102,29 @@ def test_train_check_catches_a_corrupted_form(small_setup, form):
 
     with pytest.raises(compare.AgreementError, match=f"{form}" if form != "tree" else "vs tree"):
         compare.check_train_agreement(tree, config, data, cw.FORMS, make_train_model=corrupted)
+
+
+@pytest.mark.parametrize("block_size", [8, 32])
+def test_analytic_macs_match_a_flop_counter(words, vocab, block_size):
+    """The multiply-adds the report divides by are the ones the matmuls really do (in-place addmm_ and mv
+    counted too, which torch's counter leaves out by default), in eval and in training."""
+    aten = torch.ops.aten
+    mapping = {aten.addmm_: lambda c, a, b, *args, out_shape=None, **kw: 2 * a[0] * a[1] * b[1],
+               aten.mv: lambda a, b, *args, out_shape=None, **kw: 2 * a[0] * a[1]}
+    args = compare.settings_for(compare.parse_args(["--quick", "--train-predictions", "512"]), "cpu")
+    config = ModelConfig(len(vocab), block_size, 6, 16)
+    data = compare.prepare_data(words, vocab, config, "cpu", args)
+    data["words"], data["items"] = data["words"][:80], data["items"][:80]
+    tree = compare.seeded_tree(config, 0, build_windows(data["train_words"], vocab, block_size))
+    models = cw.build_models(tree)
+    for form in ("tree", "conv", "conv_folded", "conv_packed", "loop"):
+        workload = cw.eval_workload(form, models[form], config, data, 256)
+        workload.run()  # conv_packed folds its weights on the first call
+        with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+            workload.run()
+        assert counter.get_total_flops() == 2 * workload.macs, form
+    for form in cw.TRAINABLE:
+        workload = cw.train_workload(form, cw.train_model(tree, form), config, data, 256)
+        with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+            workload.run()
+        assert counter.get_total_flops() == 2 * workload.macs, form
