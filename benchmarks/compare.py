@@ -46,8 +46,8 @@ CUDA_FP32_PEAK_TFLOPS = [("H100 PCIe", 51.2), ("H100 NVL", 60.0), ("H100", 66.9)
 
 
 # sweep defaults of a full run and of --quick (flags given explicitly win)
-FULL = {"block_sizes": [8, 16, 32], "eval_batch_sizes": [256, 1024, 2048, 4096, 16384],
-        "train_batch_sizes": [256, 1024, 4096], "train_predictions": 16384, "loop_windows": 2000,
+FULL = {"block_sizes": [8, 16, 32], "eval_batch_sizes": [256, 512, 1024, 2048, 4096],
+        "train_batch_sizes": [256, 1024, 2048, 4096], "train_predictions": 16384, "loop_windows": 2000,
         "min_run_time": 0.5, "rounds": 3, "peak_size": 2048, "eval_items": 0}
 # a GPU needs far larger batches to be busy; its loop form runs fewer windows (one kernel launch per op)
 FULL_CUDA = FULL | {"eval_batch_sizes": [4096, 16384, 65536], "train_batch_sizes": [1024, 4096, 16384, 65536],
@@ -187,6 +187,20 @@ def check_train_agreement(tree, config, data, forms, make_train_model=cw.train_m
 
 
 # ---- peak and timing -------------------------------------------------------------------------------------
+
+def cpu_model_name():
+    """'AMD EPYC (family 25, model 1), 2 cores': what /proc/cpuinfo tells (a virtual machine may hide more)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            fields = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
+    except OSError:
+        return None
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    if "model name" not in fields:
+        return None
+    return (f"{fields['model name']} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')}), "
+            f"{os.cpu_count()} cores")
+
 
 def cpu_theoretical_gflops(threads):
     """threads x FLOP per cycle (AVX-512: 64, AVX2 with FMA: 32, i.e. two FMA units) x the reported clock:
@@ -345,25 +359,43 @@ def plot(best, device, path):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    block_sizes = sorted({r["block_size"] for r in best if r["device"] == device})
     for ax, mode in zip(axes, cw.MODES):
-        for form in cw.FORMS:
+        for i, form in enumerate(cw.FORMS):
             points = sorted((r["block_size"], r["predictions_per_s"]) for r in best
                             if r["device"] == device and r["mode"] == mode and r["form"] == form)
             if points:
-                ax.plot(*zip(*points), marker="o", label=form)
+                ax.plot(*zip(*points), marker="o", color=f"C{i}", label=form)  # one colour per form in both
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
+        ax.set_xticks(block_sizes, [str(b) for b in block_sizes])
         ax.set_xlabel("block_size")
         ax.set_title(f"{mode} on {device}")
         ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize="small")
     axes[0].set_ylabel("predictions per second (best batch size)")
-    axes[0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def markdown_report(best, env, peak, ratios, targets, profile_text):
+def sweep_table(rows):
+    """Predictions per second of every batch size measured: the evidence that each form got its best."""
+    sizes = sorted({r["batch_size"] for r in rows if r["form"] != "loop"})
+    lines = ["| block | mode | form | " + " | ".join(f"batch {b}" for b in sizes) + " |",
+             "|---" * (3 + len(sizes)) + "|"]
+    keys = sorted({(r["block_size"], cw.MODES.index(r["mode"]), cw.FORMS.index(r["form"])) for r in rows
+                   if r["form"] != "loop"})
+    for block_size, mode, form in keys:
+        rate = {r["batch_size"]: r for r in rows if (r["block_size"], cw.MODES.index(r["mode"]),
+                                                      cw.FORMS.index(r["form"])) == (block_size, mode, form)}
+        cells = [("**{:,.0f}**" if rate[b]["best"] else "{:,.0f}").format(rate[b]["predictions_per_s"])
+                 if b in rate else "-" for b in sizes]
+        lines.append(f"| {block_size} | {cw.MODES[mode]} | {cw.FORMS[form]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown_report(best, env, peak, ratios, targets, profile_text, rows=()):
     lines = [f"# tree vs conv on {env['device_name']} ({env['device']}), torch {env['torch']}, "
              f"{env['threads']} threads", "",
              markdown_table(table_rows(best), TABLE_COLUMNS), "",
@@ -385,6 +417,9 @@ def markdown_report(best, env, peak, ratios, targets, profile_text):
             verdict = "yes" if t["met"] else f"no, short by {t['shortfall']:.2f}x"
             lines.append(f"| {t['key']} at block {t['block_size']} | {t['at_least']:g} | {t['best_conv']:.3g} "
                          f"({t['best_conv_form']}) | {verdict} |")
+    if rows:
+        lines += ["", "Predictions per second at each batch size (predictions per batch or step; best in bold):", "",
+                  sweep_table(rows)]
     if profile_text:
         lines += ["", "## Profiles (top operators by self time, one call each)", "", profile_text]
     return "\n".join(lines) + "\n"
@@ -405,6 +440,8 @@ def profile_workload(workload, rows=8):
 def run_device(device, words, vocab, args):
     args = settings_for(args, device)
     env = environment(device)
+    if env["device"] == "cpu":
+        env["device_name"] = cpu_model_name() or env["device_name"]
     peak = peak_gflops(device, args.peak_size, args.min_run_time)
     rows, profiles, losses = [], [], {}
     for block_size in args.block_sizes:
@@ -440,34 +477,36 @@ def run_device(device, words, vocab, args):
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description="Tree vs conv WaveNet: predictions per second, side by side.")
-    parser.add_argument("--input-file", "-i", default=DEFAULT_INPUT, help="one item per line (names.txt)")
-    parser.add_argument("--device", default="all", choices=["cpu", "cuda", "all"], help="where to run ('all': "
-                        "CPU plus CUDA when a GPU works)")
-    parser.add_argument("--block-sizes", type=int, nargs="+", default=None, help="context lengths to sweep (default 8 16 32; --quick: 8)")
-    parser.add_argument("--n-embd", type=int, default=24, help="embedding width (the lecture's 24)")
-    parser.add_argument("--n-hidden", type=int, default=128, help="hidden width (the lecture's 128)")
-    parser.add_argument("--forms", nargs="+", default=list(cw.FORMS), choices=cw.FORMS, help="forms to compare")
-    parser.add_argument("--modes", nargs="+", default=list(cw.MODES), choices=cw.MODES, help="eval and/or train")
-    parser.add_argument("--eval-batch-sizes", type=int, nargs="+", default=None,
-                        help="predictions per eval batch to sweep; each form keeps its fastest (default 256 1024 2048 4096 "
-                        "16384; --quick: 4096)")
-    parser.add_argument("--train-batch-sizes", type=int, nargs="+", default=None,
-                        help="predictions per training step to sweep; the lecture trains with 32 (default 256 1024 4096; "
-                        "--quick: 1024)")
-    parser.add_argument("--train-predictions", type=int, default=None, help="predictions per timed training call (default 16384)")
-    parser.add_argument("--eval-items", type=int, default=None, help="validation items to evaluate (default 0: the "
-                        "whole validation split; --quick: 500)")
-    parser.add_argument("--loop-windows", type=int, default=None, help="validation windows the loop form runs (default 2000)")
-    parser.add_argument("--min-run-time", type=float, default=None, help="seconds per measurement (default 0.5)")
-    parser.add_argument("--rounds", type=int, default=None, help="interleaved measurements of each workload (default 3)")
-    parser.add_argument("--peak-size", type=int, default=None, help="square matmul size for the practical peak (default 2048)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--seed", type=int, default=1337, help="weights and batching")
-    parser.add_argument("--profile", action="store_true", help="profile each form's fastest workload into the report")
-    parser.add_argument("--quick", action="store_true", help="CPU smoke run under 30 s: block 8, one batch size, "
-                        "short measurements")
-    parser.add_argument("--json", default=None, help="also write the JSON object here")
-    parser.add_argument("--out-dir", default=None, help="write compare_<device>.md and .png here")
+    add = parser.add_argument
+    add("--input-file", "-i", default=DEFAULT_INPUT, help="one item per line (names.txt)")
+    add("--device", default="all", choices=["cpu", "cuda", "all"],
+        help="where to run ('all': CPU plus CUDA when a GPU works)")
+    add("--block-sizes", type=int, nargs="+", default=None, help="context lengths (default 8 16 32; --quick: 8)")
+    add("--n-embd", type=int, default=24, help="embedding width (the lecture's 24)")
+    add("--n-hidden", type=int, default=128, help="hidden width (the lecture's 128)")
+    add("--forms", nargs="+", default=list(cw.FORMS), choices=cw.FORMS, help="forms to compare")
+    add("--modes", nargs="+", default=list(cw.MODES), choices=cw.MODES, help="eval and/or train")
+    add("--eval-batch-sizes", type=int, nargs="+", default=None,
+        help="predictions per eval batch to sweep, each form keeps its fastest (CPU default 256 512 1024 2048 "
+             "4096; CUDA 4096 16384 65536; --quick: 4096)")
+    add("--train-batch-sizes", type=int, nargs="+", default=None,
+        help="predictions per training step to sweep, the lecture trains with 32 (CPU default 256 1024 2048 4096; "
+             "CUDA 1024 4096 16384 65536; --quick: 1024)")
+    add("--train-predictions", type=int, default=None,
+        help="predictions per timed training call (CPU default 16384; CUDA 262144; --quick: 2048)")
+    add("--eval-items", type=int, default=None,
+        help="validation items to evaluate (default 0: the whole validation split; --quick: 500)")
+    add("--loop-windows", type=int, default=None,
+        help="validation windows the loop form runs (CPU default 2000; CUDA 500; --quick: 256)")
+    add("--min-run-time", type=float, default=None, help="seconds per measurement (default 0.5)")
+    add("--rounds", type=int, default=None, help="interleaved measurements of each workload (default 3)")
+    add("--peak-size", type=int, default=None, help="square matmul size for the practical peak (CPU default 2048)")
+    add("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    add("--seed", type=int, default=1337, help="weights and batching")
+    add("--profile", action="store_true", help="profile each form's fastest workload into the report")
+    add("--quick", action="store_true", help="CPU smoke run under 30 s: block 8, one batch size, short timings")
+    add("--json", default=None, help="also write the JSON object here")
+    add("--out-dir", default=None, help="write compare_<device>.md and .png here")
     args = parser.parse_args(argv)
     if args.quick and args.device == "all":
         args.device = "cpu"
@@ -510,7 +549,7 @@ def main(argv=None):
         ratios[device].update(ratios[device]["by_block_size"][str(8 if 8 in block_sizes else block_sizes[0])])
         all_rows += rows
         targets = [t for t in target_report(ratios) if t["device"] == device]
-        report = markdown_report(best, env, peak, ratios[device], targets, profile_text)
+        report = markdown_report(best, env, peak, ratios[device], targets, profile_text, rows)
         print(report)
         if args.out_dir:
             os.makedirs(args.out_dir, exist_ok=True)
