@@ -16,7 +16,10 @@ def random_words(n, seed, alphabet="abcdefg'. "):
     return ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 14))) for _ in range(n)]
 
 
-def test_conv_over_items_equals_tree_over_windows(make_random_tree):
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_conv_over_items_equals_tree_over_windows(make_random_tree, packed):
+    if packed:
+        pytest.importorskip("wavenet_conv.packed")
     words = random_words(300, seed=1)
     vocab = Vocab.from_words(words)
     tree = make_random_tree(ModelConfig(len(vocab), 8, 6, 10), seed=3)
@@ -26,7 +29,7 @@ def test_conv_over_items_equals_tree_over_windows(make_random_tree):
     with torch.no_grad():
         expected = F.cross_entropy(tree(X)[0], Y).item()
     torch.testing.assert_close(split_loss(tree, words, vocab), expected)
-    torch.testing.assert_close(split_loss(conv, words, vocab), expected)
+    torch.testing.assert_close(SplitEvaluator(words, vocab, packed=packed).loss(conv), expected)
 
 
 def test_evaluation_is_in_eval_mode_and_restores_the_mode(make_random_tree):

@@ -18,7 +18,8 @@ from wavenet_conv.data import DEFAULT_INPUT, IGNORE_INDEX, build_windows, encode
 from wavenet_conv.device import DEVICE_CHOICES, resolve_device
 from wavenet_conv.errors import DatasetError, exit_on_user_error
 
-BATCH_POSITIONS = 1 << 16  # positions (conv) or windows (tree) per evaluation batch: big, but bounded in memory
+BATCH_POSITIONS = 1 << 12  # positions (conv) or windows (tree) per batch: small enough to stay in cache
+PACKED_ITEMS = 1 << 12  # items per packed batch
 SPLIT_NAMES = ("train", "val", "test")
 
 
@@ -42,36 +43,69 @@ def window_batches(words, vocab, block_size, max_windows=BATCH_POSITIONS):
     return list(zip(X.split(max_windows), Y.split(max_windows)))
 
 
-class SplitEvaluator:
-    """The full-split loss of a model; the split's batches are built once and reused at every evaluation."""
+def packed_conv():
+    """(PackedItems, PackedConvWaveNet) when wavenet_conv.packed is there: the conv without padding, BN folded."""
+    try:
+        from wavenet_conv.packed import PackedConvWaveNet, PackedItems
+    except ImportError:
+        return None
+    return PackedItems, PackedConvWaveNet
 
-    def __init__(self, words, vocab):
+
+def packed_batches(items, block_size, max_items=PACKED_ITEMS):
+    """[(PackedItems, targets p)]: each item's characters, then '.', in build_windows order."""
+    packed_items = packed_conv()[0]
+    batches = []
+    for start in range(0, len(items), max_items):
+        chunk = items[start : start + max_items]
+        targets = torch.tensor([token for item in chunk for token in item + [0]], dtype=torch.long)
+        batches.append((packed_items.from_items(chunk, block_size), targets))
+    return batches
+
+
+class SplitEvaluator:
+    """The full-split loss of a model; the split's batches are built once and reused at every evaluation.
+
+    The conv runs in its packed form when wavenet_conv.packed is there (no padding, each node once), else
+    over padded items; the tree runs over windows.
+    """
+
+    def __init__(self, words, vocab, packed=True):
         self.words = words
         self.vocab = vocab
+        self.packed = packed and packed_conv() is not None
         self.batches = {}
 
     def batches_for(self, model_type, block_size, device):
         key = (model_type, block_size, str(device))
         if key not in self.batches:
-            if model_type == "conv":
-                batches = item_batches(encode_items(self.words, self.vocab))
+            if model_type == "conv" and self.packed:
+                batches = [(p.to(device), y.to(device))
+                           for p, y in packed_batches(encode_items(self.words, self.vocab), block_size)]
+            elif model_type == "conv":
+                batches = [(x.to(device), y.to(device)) for x, y in item_batches(encode_items(self.words, self.vocab))]
             else:
-                batches = window_batches(self.words, self.vocab, block_size)
-            self.batches[key] = [(x.to(device), y.to(device)) for x, y in batches]
+                batches = [(x.to(device), y.to(device))
+                           for x, y in window_batches(self.words, self.vocab, block_size)]
+            self.batches[key] = batches
         return self.batches[key]
 
     def loss(self, model):
         """Mean cross-entropy over every prediction of the split, in eval mode; the model's mode is restored."""
         device = next(model.parameters()).device
-        batches = self.batches_for(model_type_of(model), model.config.block_size, device)
+        model_type = model_type_of(model)
+        batches = self.batches_for(model_type, model.config.block_size, device)
+        forward = packed_conv()[1](model) if model_type == "conv" and self.packed else model
         was_training = model.training
-        model.eval()
+        forward.eval()
         total, count = 0.0, 0
         try:
             with torch.inference_mode():
-                for x, y in batches:
-                    logits, _ = model(x)
-                    if logits.ndim == 3:
+                for inputs, y in batches:
+                    logits, _ = forward(inputs)
+                    if forward is not model:
+                        logits = logits[inputs.window_rows]  # r v -> p v: one row per prediction
+                    elif logits.ndim == 3:
                         logits, y = rearrange(logits, "b t v -> (b t) v"), rearrange(y, "b t -> (b t)")
                     total += F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX, reduction="sum").item()
                     count += int((y != IGNORE_INDEX).sum())

@@ -17,6 +17,7 @@ class Recipe:
     n_hidden: int = 128
     block_size: int = 8
     batch_size: int = 32  # names for the conv, windows for the tree
+    batching: str = "random"  # conv: random names per batch, or "bucketed" by length (batch norm then leaks lengths)
     max_steps: int = None  # None: `epochs` passes over the training names
     epochs: float = None
     optimizer: str = "sgd"  # sgd: the lecture's `p.data += -lr * p.grad`; adamw: torch.optim.AdamW
@@ -58,16 +59,16 @@ LECTURE = Recipe(
 
 FAST = Recipe(
     name="fast",
-    description="the conv on batches of whole names (random names, packed without padding), AdamW, warm-up + cosine",
+    description="the conv on random batches of whole names, AdamW with warm-up and cosine decay, 10 epochs",
     model="conv",
-    batch_size=128,
-    epochs=12,
+    batch_size=256,
+    epochs=10,
     optimizer="adamw",
-    learning_rate=3e-3,
+    learning_rate=1e-2,
     schedule="cosine",
     warmup_fraction=0.02,
-    final_lr_fraction=0.0,
-    eval_interval=100,
+    init="torch",
+    eval_interval=25,
     log_interval=100,
 )
 

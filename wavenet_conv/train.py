@@ -29,7 +29,9 @@ from tqdm import tqdm
 from wavenet_conv.checkpoint import CHECKPOINT_NAME, load, load_checkpoint, save_checkpoint
 from wavenet_conv.config import ModelConfig
 from wavenet_conv.conv import ConvWaveNet
-from wavenet_conv.data import DEFAULT_INPUT, Vocab, build_windows, encode_items, pad_items, read_words, split_words
+from wavenet_conv.data import (
+    DEFAULT_INPUT, Vocab, bucketed_batches, build_windows, encode_items, pad_items, read_words, split_words,
+)
 from wavenet_conv.device import DEVICE_CHOICES, resolve_device
 from wavenet_conv.errors import CheckpointError, UserError, exit_on_user_error
 from wavenet_conv.evaluate import SPLIT_NAMES, SplitEvaluator, check_vocab
@@ -37,6 +39,7 @@ from wavenet_conv.recipes import DEFAULT_RECIPE, RECIPES, Recipe, get_recipe
 from wavenet_conv.tree import TreeWaveNet
 
 RESUME_NAME = "last.pt"
+PACKED = True  # train the conv through wavenet_conv.packed when it is there (the same function, faster)
 SAVE_EVERY_S = 60  # during a run, checkpoints are written at most this often (and always at its end or interruption)
 # flags that may change when a run is resumed; the others describe the run itself and must match its checkpoint
 RESUMABLE = ("max_steps", "epochs", "eval_interval", "log_interval")
@@ -72,12 +75,16 @@ def parse_args(argv):
     parser.add_argument("--max-steps", type=int, default=None, help="number of optimization steps (default: the recipe's)")
     parser.add_argument("--epochs", type=float, default=None, help="passes over the training names, when --max-steps is not given")
     parser.add_argument("--batch-size", "-b", type=int, default=None, help="names (conv) or windows (tree) per step")
+    parser.add_argument("--batching", choices=("random", "bucketed"), default=None,
+                        help="conv batches: random names, or names of similar length (default: the recipe's)")
     parser.add_argument("--learning-rate", "-l", type=float, default=None, help="peak learning rate")
     parser.add_argument("--weight-decay", "-w", type=float, default=None, help="AdamW weight decay on the matrices")
     parser.add_argument("--n-embd", type=int, default=None, help="number of embedding channels")
     parser.add_argument("--n-hidden", type=int, default=None, help="number of hidden channels of every level")
     parser.add_argument("--block-size", type=int, default=None, help="context length, a power of two")
     parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="auto picks CUDA when it really works")
+    parser.add_argument("--threads", default="auto",
+                        help="CPU threads: a number, or auto (all cores, fewer when other processes keep them busy)")
     parser.add_argument("--seed", type=int, default=42, help="seed of the initialisation and of the batch order")
     parser.add_argument("--eval-interval", type=int, default=None, help="steps between full validation evaluations")
     parser.add_argument("--log-interval", type=int, default=None, help="steps between progress lines")
@@ -99,11 +106,29 @@ def parse_args(argv):
             parser.error(f"--{flag.replace('_', '-')} must be positive, got {value}")
     if args.num_samples < 0:
         parser.error(f"--num-samples must be non-negative, got {args.num_samples}")
+    if args.threads != "auto" and not (args.threads.isdigit() and int(args.threads) > 0):
+        parser.error(f"--threads must be a positive number or auto, got {args.threads!r}")
     return args
 
 
+def choose_threads(threads):
+    """auto: one thread per core that other processes leave idle (1-minute load average), at least one.
+
+    Threads that share a core with another busy process wait for each other at every parallel region: on a
+    loaded 2-core machine two threads train several times slower than one.
+    """
+    if threads != "auto":
+        return int(threads)
+    cores = os.cpu_count() or 1
+    try:
+        busy = round(os.getloadavg()[0])
+    except OSError:
+        busy = 0
+    return max(1, cores - busy)
+
+
 def recipe_overrides(args):
-    return {"model": args.model, "max_steps": args.max_steps, "epochs": args.epochs, "batch_size": args.batch_size,
+    return {"model": args.model, "batching": args.batching, "max_steps": args.max_steps, "epochs": args.epochs, "batch_size": args.batch_size,
             "learning_rate": args.learning_rate, "weight_decay": args.weight_decay, "n_embd": args.n_embd,
             "n_hidden": args.n_hidden, "block_size": args.block_size, "eval_interval": args.eval_interval,
             "log_interval": args.log_interval}
@@ -136,70 +161,86 @@ class WindowBatches:
 
 
 class NameBatches:
-    """Epochs of batches of whole names drawn at random (a torch.Generator shuffles every epoch).
+    """Epochs of batches of whole names; a torch.Generator draws each epoch's batches.
 
-    Names are not grouped by length: with batch norm, a batch of equally long names tells the model through
-    its statistics where the names end, and it learns to rely on that. Each batch is packed without padding
-    (PackedItems: every node once, the all-dot node shared), the same function as the padded ConvWaveNet.
+    random (the default): every batch a uniform draw of names. bucketed: names of similar length together
+    (data.bucketed_batches), which wastes no padding but, with batch norm, leaks: the statistics of a batch
+    of equally long names tell the model where the names end, it learns to rely on that, and the eval-mode
+    loss suffers. Each batch is packed without padding (PackedItems: every node once, the all-dot node shared),
+    the same function as the padded ConvWaveNet, so random batches cost no padding either.
     """
 
-    def __init__(self, items, batch_size, block_size, device, seed):
+    def __init__(self, items, batch_size, block_size, device, seed, bucketed=False):
         if len(items) < batch_size:
             raise UserError(f"--batch-size {batch_size} is larger than the {len(items)} training items")
         self.items = items
         self.batch_size = batch_size
         self.block_size = block_size
         self.device = device
+        self.bucketed = bucketed
         self.generator = torch.Generator().manual_seed(seed)
         self.epoch_start = self.generator.get_state()
-        self.order = None  # the current epoch's permutation
+        self.epoch = None  # the current epoch's batches, as index lists
         self.position = 0  # batches of the current epoch already handed out
 
+    def draw_epoch(self):
+        if self.bucketed:
+            return bucketed_batches(self.items, self.batch_size, self.generator)
+        order = torch.randperm(len(self.items), generator=self.generator).tolist()
+        # the remainder waits for a later epoch: every batch is full
+        return [order[i : i + self.batch_size] for i in range(0, len(order) - self.batch_size + 1, self.batch_size)]
+
     def steps_per_epoch(self):
-        return len(self.items) // self.batch_size  # the remainder waits for a later epoch: every batch is full
+        if self.bucketed:
+            return len(bucketed_batches(self.items, self.batch_size, shuffle=False))
+        return len(self.items) // self.batch_size
 
     def next(self):
-        if self.order is None or self.position == self.steps_per_epoch():
+        if self.epoch is None or self.position == len(self.epoch):
             self.epoch_start = self.generator.get_state()
-            self.order = torch.randperm(len(self.items), generator=self.generator)
+            self.epoch = self.draw_epoch()
             self.position = 0
-        start = self.position * self.batch_size
-        batch = [self.items[i] for i in self.order[start : start + self.batch_size].tolist()]
+        batch = [self.items[i] for i in self.epoch[self.position]]
         self.position += 1
         return make_name_batch(batch, self.block_size, self.device)
 
     def state(self):
-        """Mid-epoch position: the generator state before this epoch's shuffle, and the batches done."""
-        return {"epoch_start": self.epoch_start, "position": self.position, "in_epoch": self.order is not None}
+        """Mid-epoch position: the generator state before this epoch's draw, and the batches done."""
+        return {"epoch_start": self.epoch_start, "position": self.position, "in_epoch": self.epoch is not None}
 
     def load_state(self, state):
         self.generator.set_state(state["epoch_start"])
-        self.order, self.position = None, 0
+        self.epoch, self.position = None, 0
         if state["in_epoch"]:
-            self.order = torch.randperm(len(self.items), generator=self.generator)
+            self.epoch = self.draw_epoch()
             self.position = state["position"]
 
 
-def make_name_batch(items, block_size, device):
-    """PackedItems and their targets (each item's characters, then '.') when packing is available, else padded x, y."""
+def packed_forms():
+    """(PackedItems, PackedConvWaveNet) when wavenet_conv.packed is there and PACKED is on, else None."""
+    if not PACKED:
+        return None
     try:
-        from wavenet_conv.packed import PackedItems
+        from wavenet_conv.packed import PackedConvWaveNet, PackedItems
     except ImportError:
+        return None
+    return PackedItems, PackedConvWaveNet
+
+
+def make_name_batch(items, block_size, device):
+    """Packed items and their targets (each item's characters, then '.'), or right-padded x, y without packing."""
+    forms = packed_forms()
+    if forms is None:
         x, y = pad_items(items)
         return x.to(device), y.to(device)
     targets = torch.tensor([token for item in items for token in item + [0]], dtype=torch.long)
-    return PackedItems.from_items(items, block_size).to(device), targets.to(device)
+    return forms[0].from_items(items, block_size).to(device), targets.to(device)
 
 
 def training_forward(model):
     """The module that computes a batch's loss: the packed form of a conv (same parameters) or the model itself."""
-    if isinstance(model, ConvWaveNet):
-        try:
-            from wavenet_conv.packed import PackedConvWaveNet
-        except ImportError:
-            return model
-        return PackedConvWaveNet(model)
-    return model
+    forms = packed_forms()
+    return forms[1](model) if forms is not None and isinstance(model, ConvWaveNet) else model
 
 
 # -------------------------------------------------------------------------------------------- optimizer
@@ -330,7 +371,7 @@ class Trainer:
             self.batches = WindowBatches(splits["train"], vocab, recipe.block_size, recipe.batch_size, device)
         else:
             self.batches = NameBatches(encode_items(splits["train"], vocab), recipe.batch_size, recipe.block_size,
-                                       device, seed)
+                                       device, seed, bucketed=recipe.batching == "bucketed")
         if recipe.max_steps is not None:
             self.max_steps = recipe.max_steps
         else:
@@ -547,29 +588,21 @@ def resumed_recipe(state, args):
 def main(argv=None):
     started = COMMAND_STARTED if COMMAND_STARTED is not None else time.monotonic()
     args = parse_args(argv)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(choose_threads(args.threads))
+    try:
+        return train_and_report(args, argv, started)
+    finally:
+        torch.set_num_threads(threads)  # in-process callers get their setting back
+
+
+def train_and_report(args, argv, started):
     device = resolve_device(args.device)
     work_dir = Path(args.work_dir)
     if args.sample_only:
         return sample_only(args, device)
     vocab, splits = load_data(args.input_file)
-    seed = args.seed
-    resume_state = None
-    if args.resume:
-        resume_state = load_checkpoint(work_dir / RESUME_NAME)
-        if tuple(resume_state["vocab"]) != vocab.itos:
-            raise CheckpointError(f"the vocabulary of {args.input_file!r} differs from the checkpoint's: "
-                                  f"is it the same data?")
-        if "recipe" not in resume_state:
-            raise CheckpointError(f"{str(work_dir / RESUME_NAME)!r} is not a training checkpoint (no recipe)")
-        recipe = resumed_recipe(resume_state, args)
-        seed = resume_state["seed"]
-    else:
-        recipe = get_recipe(args.recipe, **recipe_overrides(args))
-    try:
-        ModelConfig(len(vocab), recipe.block_size, recipe.n_embd, recipe.n_hidden)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-
+    recipe, seed, resume_state = plan_run(args, vocab, work_dir)
     trainer = Trainer(recipe, vocab, splits, device, seed, work_dir, started, args.target_loss, args.keep_going)
     if resume_state is not None:
         trainer.restore(resume_state)
@@ -587,27 +620,47 @@ def main(argv=None):
 
     model, kept_step = trainer.kept_model()
     losses = {name: SplitEvaluator(words, vocab).loss(model) for name, words in splits.items()}
-    summary = {
-        "train_loss": losses["train"], "val_loss": losses["val"], "test_loss": losses["test"],
-        "params": params, "steps": trainer.step, "kept_step": kept_step, "seconds": seconds,
-        "seconds_to_target": trainer.seconds_to_target, "target_loss": args.target_loss,
-        "device": device.type, "hardware": hardware_name(device), "torch": torch.__version__,
-        "model": recipe.model, "recipe": recipe.name, "config": model.config.to_dict(), "settings": recipe.to_dict(),
-        "input_file": str(args.input_file), "command": "python -m wavenet_conv.train " + " ".join(
-            argv if argv is not None else sys.argv[1:]),
-    }
-    (work_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"train {losses['train']:.4f} | val {losses['val']:.4f} | test {losses['test']:.4f} "
           f"(model of step {kept_step}); {trainer.step} steps in {seconds:.1f} s"
           + (f"; target reached at {trainer.seconds_to_target:.1f} s" if trainer.seconds_to_target else ""))
-
     from wavenet_conv.plot import plot_losses
 
     plot_losses(trainer.train_losses, trainer.val_points, work_dir / "loss.png",
                 title=f"{recipe.name} recipe, {recipe.model}, {params:,} parameters")
     for line in write_samples(model, vocab, splits["train"], work_dir / "samples.txt", args.num_samples, seed):
         print(line)
+    summary = {
+        "train_loss": losses["train"], "val_loss": losses["val"], "test_loss": losses["test"],
+        "params": params, "steps": trainer.step, "kept_step": kept_step,
+        "seconds": seconds,  # from the command's start to the end of training: start-up, data, evaluations
+        "seconds_to_target": trainer.seconds_to_target, "target_loss": args.target_loss,
+        "seconds_total": trainer.elapsed(),  # also the final evaluation, the plot and the samples
+        "device": device.type, "hardware": hardware_name(device), "torch": torch.__version__,
+        "model": recipe.model, "recipe": recipe.name, "config": model.config.to_dict(), "settings": recipe.to_dict(),
+        "seed": seed, "input_file": str(args.input_file),
+        "command": " ".join(["python -m wavenet_conv.train", *(argv if argv is not None else sys.argv[1:])]),
+    }
+    (work_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def plan_run(args, vocab, work_dir):
+    """(recipe, seed, checkpoint to resume or None): the named recipe with the flags, or the resumed run's own."""
+    if not args.resume:
+        recipe, seed, state = get_recipe(args.recipe, **recipe_overrides(args)), args.seed, None
+    else:
+        state = load_checkpoint(work_dir / RESUME_NAME)
+        if tuple(state["vocab"]) != vocab.itos:
+            raise CheckpointError(f"the vocabulary of {args.input_file!r} differs from the checkpoint's: "
+                                  f"is it the same data?")
+        if "recipe" not in state:
+            raise CheckpointError(f"{str(work_dir / RESUME_NAME)!r} is not a training checkpoint (no recipe)")
+        recipe, seed = resumed_recipe(state, args), state["seed"]
+    try:
+        ModelConfig(len(vocab), recipe.block_size, recipe.n_embd, recipe.n_hidden)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return recipe, seed, state
 
 
 if __name__ == "__main__":
