@@ -326,7 +326,10 @@ def target_report(ratios):
         mode = key.split("_")[0]
         report.append({"device": device, "block_size": block_size, "key": key, "at_least": at_least,
                        "conv": plain, "best_conv": best, "best_conv_form": measured.get(f"{mode}_best_conv_form"),
-                       "met": best >= at_least, "shortfall": None if best >= at_least else at_least / best})
+                       "met": best >= at_least, "shortfall": None if best >= at_least else at_least / best,
+                       # the plain ConvWaveNet on its own
+                       "conv_met": plain is not None and plain >= at_least,
+                       "conv_shortfall": None if plain is None or plain >= at_least else at_least / plain})
     return report
 
 
@@ -399,6 +402,10 @@ def markdown_report(best, env, peak, ratios, targets, profile_text, rows=()):
     lines = [f"# tree vs conv on {env['device_name']} ({env['device']}), torch {env['torch']}, "
              f"{env['threads']} threads", "",
              markdown_table(table_rows(best), TABLE_COLUMNS), "",
+             "Each form at its fastest batch size (predictions per batch or training step). MACs/pred.: the "
+             "multiply-adds of the matmuls per prediction as the form computes them (padding and all-dot nodes "
+             "included; training: forward and backward); GFLOP/s = 2 x MACs x predictions/s. Spread: the rate of "
+             "the slowest and the fastest single timed run; IQR relative to the median.", "",
              f"Peak: float32 matmul {peak['matmul_size']}^3 measured at {peak['matmul_gflops']:.1f} GFLOP/s "
              f"(the practical peak, '% matmul peak'); theoretical "
              + (f"{peak['theoretical_gflops']:.0f} GFLOP/s ({peak['theoretical_basis']})."
@@ -412,11 +419,14 @@ def markdown_report(best, env, peak, ratios, targets, profile_text, rows=()):
                 lines.append(f"| {block_size} | {key} | {'-' if plain is None else f'{plain:.2f}'} | "
                              f"{values[best_key]:.2f} ({values[key.split('_')[0] + '_best_conv_form']}) |")
     if targets:
-        lines += ["", "| target | at least | best conv | met |", "|---|---|---|---|"]
+        lines += ["", "| target | at least | best conv (form) | met | plain conv | met |", "|---|---|---|---|---|---|"]
         for t in targets:
             verdict = "yes" if t["met"] else f"no, short by {t['shortfall']:.2f}x"
+            plain = "-" if t["conv"] is None else f"{t['conv']:.3g}"
+            plain_verdict = "yes" if t["conv_met"] else "-" if t["conv"] is None else \
+                f"no, short by {t['conv_shortfall']:.2f}x"
             lines.append(f"| {t['key']} at block {t['block_size']} | {t['at_least']:g} | {t['best_conv']:.3g} "
-                         f"({t['best_conv_form']}) | {verdict} |")
+                         f"({t['best_conv_form']}) | {verdict} | {plain} | {plain_verdict} |")
     if rows:
         lines += ["", "Predictions per second at each batch size (predictions per batch or step; best in bold):", "",
                   sweep_table(rows)]
