@@ -143,14 +143,14 @@ def test_any_line_per_item_file(tmp_path, capsys):
 # --------------------------------------------------------------------------------------- interruption
 
 
-@pytest.mark.parametrize("model, recipe, signum", [
-    ("conv", "fast", signal.SIGINT),
-    ("conv", "fast", signal.SIGTERM),
-    ("tree", "lecture", signal.SIGINT),
+@pytest.mark.parametrize("model, recipe, signum, batching", [
+    ("conv", "fast", signal.SIGINT, "random"),
+    ("conv", "fast", signal.SIGTERM, "bucketed"),
+    ("tree", "lecture", signal.SIGINT, "random"),
 ])
-def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, words_file, model, recipe, signum,
+def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, words_file, model, recipe, signum, batching,
                                                                  monkeypatch, capsys):
-    args = ["-i", words_file, "--model", model, "--recipe", recipe, "--max-steps", 45, *TINY]
+    args = ["-i", words_file, "--model", model, "--recipe", recipe, "--batching", batching, "--max-steps", 45, *TINY]
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert run([*args, "-o", whole], capsys)[0] == 0
 
