@@ -435,14 +435,15 @@ def markdown_report(best, env, peak, ratios, targets, profile_text, rows=()):
     return "\n".join(lines) + "\n"
 
 
-def profile_workload(workload, rows=8):
+def profile_workload(workload, block_size, rows=8):
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     with profile(activities=activities) as prof:
         workload.run()
     table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=36)
-    return f"### {workload.form} {workload.mode} (batch {workload.batch_size})\n\n```\n{table.strip()}\n```\n"
+    return (f"### block {block_size}: {workload.form} {workload.mode} (batch {workload.batch_size})\n\n"
+            f"```\n{table.strip()}\n```\n")
 
 
 # ---- the run -----------------------------------------------------------------------------------------------
@@ -477,7 +478,8 @@ def run_device(device, words, vocab, args):
         best = best_rows(block_rows)
         if args.profile:
             fastest = {(r["form"], r["mode"]): r["batch_size"] for r in best}
-            profiles += [profile_workload(w) for w in workloads if fastest[(w.form, w.mode)] == w.batch_size]
+            profiles += [profile_workload(w, block_size) for w in workloads
+                         if fastest[(w.form, w.mode)] == w.batch_size]
         rows += block_rows
         print(f"[{device}] block_size {block_size}: forms agree (val loss {losses[block_size]:.4f}); "
               f"{len(workloads)} workloads timed", file=sys.stderr)
