@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from wavenet_conv.data import IGNORE_INDEX
+
 
 @dataclass
 class PackedItems:
@@ -101,7 +103,8 @@ class PackedConvWaveNet(nn.Module):
         logits = F.linear(u, head_weight, head_bias)  # r v
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.index_select(0, packed.window_rows), targets, ignore_index=-1)  # p v
+            per_prediction = logits.index_select(0, packed.window_rows)  # p v
+            loss = F.cross_entropy(per_prediction, targets, ignore_index=IGNORE_INDEX)
         return logits, loss
 
     @staticmethod
@@ -164,20 +167,20 @@ class PackedConvWaveNet(nn.Module):
         """Eval-mode batch norm folded into each level, in sigmoid space: level 0 as a (v v) x h table of u for
         every token pair, level i as (weight h (k c), bias h) with u_i = sigmoid(weight u_pair + bias), and the
         head. Computed once per state of the parameters when no gradient is wanted."""
-        tensors = list(self.conv.parameters()) + list(self.conv.buffers())
-        key = tuple((t.data_ptr(), t._version) for t in tensors)
         if torch.is_grad_enabled():
             return self.fold()
+        tensors = list(self.conv.parameters()) + list(self.conv.buffers())
+        key = tuple((t.data_ptr(), t._version) for t in tensors)  # any in-place change bumps a version
         if self._eval_cache[0] != key:
             self._eval_cache = (key, self.fold())
         return self._eval_cache[1]
 
     def fold(self):
         folded = []
-        for level in self.conv.levels:
+        for i, level in enumerate(self.conv.levels):
             bn = level.bn
             scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # h
-            folded.append((self.weight(len(folded)) * scale[:, None], bn.bias - scale * bn.running_mean))
+            folded.append((self.weight(i) * scale[:, None], bn.bias - scale * bn.running_mean))
         (weight, bias), embedding = folded[0], self.conv.embedding.weight  # v c
         earliest, latest = rearrange(weight, "h (k c) -> k h c", k=2)
         # level 0 sees two tokens only: its output for every token pair is one table
