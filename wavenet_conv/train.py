@@ -35,6 +35,7 @@ from wavenet_conv.data import (
 from wavenet_conv.device import DEVICE_CHOICES, resolve_device
 from wavenet_conv.errors import CheckpointError, UserError, exit_on_user_error
 from wavenet_conv.evaluate import SPLIT_NAMES, SplitEvaluator, check_vocab
+from wavenet_conv.optimizers import AdamW, LectureSGD
 from wavenet_conv.recipes import DEFAULT_RECIPE, RECIPES, Recipe, get_recipe
 from wavenet_conv.tree import TreeWaveNet
 
@@ -112,19 +113,30 @@ def parse_args(argv):
 
 
 def choose_threads(threads):
-    """auto: one thread per core that other processes leave idle (1-minute load average), at least one.
+    """auto: one thread per core that no other process is using right now, at least one.
 
     Threads that share a core with another busy process wait for each other at every parallel region: on a
-    loaded 2-core machine two threads train several times slower than one.
+    2-core machine with one other busy process, two threads train several times slower than one.
     """
     if threads != "auto":
         return int(threads)
-    cores = os.cpu_count() or 1
+    return max(1, (os.cpu_count() or 1) - other_running_processes())
+
+
+def other_running_processes(samples=9, interval=0.01):
+    """Runnable tasks besides this one (/proc/loadavg), the median of a few samples; the load average elsewhere."""
+    counts = []
     try:
-        busy = round(os.getloadavg()[0])
-    except OSError:
-        busy = 0
-    return max(1, cores - busy)
+        for _ in range(samples):
+            with open("/proc/loadavg") as f:
+                counts.append(int(f.read().split()[3].split("/")[0]) - 1)  # "running/total"; we are one of them
+            time.sleep(interval)
+    except (OSError, ValueError, IndexError):
+        try:
+            return round(os.getloadavg()[0])
+        except OSError:
+            return 0
+    return sorted(counts)[len(counts) // 2]
 
 
 def recipe_overrides(args):
@@ -246,20 +258,6 @@ def training_forward(model):
 # -------------------------------------------------------------------------------------------- optimizer
 
 
-class LectureSGD(torch.optim.Optimizer):
-    """The lecture's update, literally: `p.data += -lr * p.grad` (no momentum, no weight decay)."""
-
-    def __init__(self, params, lr):
-        super().__init__(params, {"lr": lr})
-
-    @torch.no_grad()
-    def step(self):
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    p.data += -group["lr"] * p.grad
-
-
 def make_optimizer(recipe, model):
     if recipe.optimizer == "sgd":
         return LectureSGD(model.parameters(), recipe.learning_rate)
@@ -268,7 +266,7 @@ def make_optimizer(recipe, model):
         matrices = [p for name, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in name]
         others = [p for name, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in name)]
         groups = [{"params": matrices, "weight_decay": recipe.weight_decay}, {"params": others, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=recipe.learning_rate, betas=tuple(recipe.betas))
+        return AdamW(groups, lr=recipe.learning_rate, betas=tuple(recipe.betas))
     raise UserError(f"unknown optimizer {recipe.optimizer!r}")
 
 
