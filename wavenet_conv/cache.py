@@ -5,10 +5,15 @@ it needs only its input from 2**i steps ago: a ring buffer of 2**i slots per lev
 conv's input is '.' tokens, so every earlier node of a level is the activation the model computes over
 an all-'.' window: the buffers start from that, not from zeros (zeros are the classic silent bug).
 
-Level 0 sees only two tokens, so its output is tabulated once for every token pair (v * v rows) and its
-buffer is the previous token; levels 1 .. n_levels - 1 hold block_size - 2 slots of activations in all.
-Batch norm is folded into the weights (FoldedConvWaveNet). A name that stops simply leaves the set of
-rows stepped: nothing is copied.
+The two lowest levels see only a handful of tokens, so they are tables rather than matmuls:
+- level 0's output depends on a token pair: one row per pair (v * v rows), and its buffer is the previous token;
+- level 1 adds a linear map of two level-0 outputs, each one of those v * v rows: both halves of its weight
+  are applied to the table once, and its buffer holds two pair indices. A step then costs two row gathers
+  and a tanh there, where a matmul over 2 * h inputs would be the most expensive part of a small model.
+Levels 2 .. n_levels - 1 keep activations, block_size - 4 slots in all, each allocated when first written:
+until time 2**i level i's earlier input is the all-'.' node, a constant term in its bias, so a level whose
+dilation exceeds a name's length does half the work and never stores more than the name. Batch norm is
+folded into the weights (FoldedConvWaveNet). A name that stops simply leaves the set of rows stepped.
 
 Shape legend: b batch (names), h hidden, k taps (0: earlier, 1: later), v vocab, s ring-buffer slots.
 """
@@ -26,7 +31,7 @@ class IncrementalWaveNet:
     """Steps a FoldedConvWaveNet one token at a time for a batch of names; `step` returns the next logits.
 
     After n steps, `step(tokens)` equals `folded(history)[:, -1]`, where history holds the n + 1 tokens
-    fed so far. init='zeros' starts the activation buffers (levels >= 1) from zeros instead: wrong, kept
+    fed so far. init='zeros' starts the activation buffers (levels >= 2) from zeros instead: wrong, kept
     as a negative control for the tests.
     """
 
@@ -36,38 +41,81 @@ class IncrementalWaveNet:
         self.folded = folded
         self.time = 0
         embedding = folded.embedding
+        device = embedding.device
         vocab_size = embedding.shape[0]
+        self.vocab_size = vocab_size
+        self.previous = torch.zeros(batch_size, dtype=torch.long, device=device)  # b: '.' before the start
         with torch.no_grad():
-            tokens = torch.arange(vocab_size, device=embedding.device)
+            tokens = torch.arange(vocab_size, device=device)
             earlier, later = torch.cartesian_prod(tokens, tokens).unbind(1)  # (v v), (v v)
             self.pairs = folded.level(0, embedding[earlier], embedding[later])  # (v v) h, row earlier * v + later
-        self.vocab_size = vocab_size
-        self.previous = torch.zeros(batch_size, dtype=torch.long, device=embedding.device)  # b: '.' before the start
-        self.buffers = []  # level i >= 1: s = 2**i slots of its input; slot t % 2**i holds time t - 2**i
-        boundary = self.pairs[0]  # h: level 0's output over '.', '.'
-        for i, d in enumerate(folded.dilations[1:], start=1):
-            start = boundary if init == "boundary" else torch.zeros_like(boundary)
-            self.buffers.append(start.expand(d, batch_size, -1).contiguous())  # s b h
-            boundary = folded.level(i, boundary, boundary)  # the level's output over all-'.' inputs
+            self.slots = []  # level i >= 2: 2**i slots of (its input, the rows it was computed for)
+            self.start_terms, self.earlier_weights, self.later_weights = [], [], []
+            if len(folded.dilations) < 2:
+                return
+            hidden = self.pairs.shape[1]
+            weight = folded.weights[1]  # h (k h)
+            self.level1_earlier = self.pairs @ weight[:, :hidden].T  # (v v) h: tap 0's part of every pre-activation
+            self.level1_later = torch.addmm(folded.biases[1], self.pairs, weight[:, hidden:].T)  # (v v) h
+            self.pair_buffer = torch.zeros(2, batch_size, dtype=torch.long, device=device)  # s b: pair ('.', '.')
+            boundary = self.level1(self.pair_buffer[0, :1], self.pair_buffer[0, :1])[0]  # h: level 1 over '.'s
+            for i, d in enumerate(folded.dilations[2:], start=2):
+                earlier_weight, later_weight = folded.weights[i][:, :hidden], folded.weights[i][:, hidden:]  # h h
+                start = boundary if init == "boundary" else torch.zeros_like(boundary)
+                # before time d the earlier input is the all-'.' node: its term is a constant, folded into the bias
+                self.start_terms.append(torch.addmv(folded.biases[i], earlier_weight, start))  # h
+                self.earlier_weights.append(earlier_weight.T.contiguous())  # h h, for x @ w
+                self.later_weights.append(later_weight.T.contiguous())  # h h
+                self.slots.append([None] * d)
+                boundary = folded.level(i, boundary, boundary)  # the level's output over all-'.' inputs
+
+    def level1(self, earlier_pairs, later_pairs):
+        """Level 1's nodes from the pair indices of their two level-0 children (b, b -> b h)."""
+        x = torch.index_select(self.level1_earlier, 0, earlier_pairs)
+        return tanh_(x.add_(torch.index_select(self.level1_later, 0, later_pairs)))
 
     @torch.no_grad()
     def step(self, tokens, rows=None):
         """Feed one token to each name at `rows` (all when None) and get the logits of the token after it (b v).
 
-        Names left out of `rows` are finished: their buffers are no longer read or written, so dropping a
-        name costs nothing, where copying the survivors' buffers (block_size - 1 slots each) would.
+        `rows` are increasing name indices; a name left out is finished and stays out. Its buffers are no
+        longer read, so dropping a name copies nothing: a slot is read through the names it was written for.
         """
-        previous = self.previous if rows is None else self.previous.index_select(0, rows)  # b
-        x = torch.index_select(self.pairs, 0, previous * self.vocab_size + tokens)  # b h: level 0
+        rows = None if rows is None else rows.contiguous()  # the same object when it already is
+        pair = gather(self.previous, rows) * self.vocab_size + tokens  # b: level 0's new node, a row of pairs
         overwrite(self.previous, rows, tokens)
-        for i, buffer in enumerate(self.buffers, start=1):
-            slot = buffer[self.time % buffer.shape[0]]  # b h: this level's input from 2**i steps ago
-            earlier = slot if rows is None else slot.index_select(0, rows)
-            pair = torch.cat([earlier, x], dim=-1)  # b (k h): read before the slot is overwritten
-            overwrite(slot, rows, x)
-            x = tanh_(torch.addmm(self.folded.biases[i], pair, self.folded.weights[i].T))  # b h
+        if len(self.folded.dilations) < 2:
+            x = torch.index_select(self.pairs, 0, pair)  # b h
+        else:
+            slot = self.pair_buffer[self.time % 2]  # b: level 0's node from 2 steps ago
+            x = self.level1(gather(slot, rows), pair)  # b h
+            overwrite(slot, rows, pair)
+        for slots, bias, start_term, earlier_weight, later_weight in zip(
+                self.slots, self.folded.biases[2:], self.start_terms, self.earlier_weights, self.later_weights):
+            slot = self.time % len(slots)  # holds this level's input from 2**i steps ago, once that is >= 0
+            z = torch.addmm(bias if self.time >= len(slots) else start_term, x, later_weight)  # b h
+            if self.time >= len(slots):
+                z.addmm_(gather_written(*slots[slot], rows), earlier_weight)
+            slots[slot] = (x, rows)  # no copy: x is a fresh tensor that nothing writes to again
+            x = tanh_(z)
         self.time += 1
         return self.folded.logits_from_top(x)  # b v
+
+
+def gather(buffer, rows):
+    """buffer[rows], or the whole buffer when rows is None."""
+    return buffer if rows is None else buffer.index_select(0, rows)
+
+
+def gather_written(values, written_rows, rows):
+    """The rows of `values` (written for the names `written_rows`) that belong to the names `rows`.
+
+    Both are increasing name indices, None for every name, and a name still going was going then too.
+    """
+    if rows is written_rows:
+        return values
+    positions = rows if written_rows is None else torch.searchsorted(written_rows, rows)
+    return values.index_select(0, positions)
 
 
 def overwrite(buffer, rows, values):

@@ -167,13 +167,16 @@ def generate_cached(model, prefix_tokens, uniforms, draw):
         cache.step(tokens)  # only fills the buffers: the prefix is given, not drawn
         tokens = torch.full_like(tokens, ix)
         out[:, position] = ix
-    uniforms = uniforms.T.contiguous()  # t b: one position's uniforms together
     going = torch.arange(num_samples, device=device)  # b: the names not stopped yet, rows of `out`
+    rows = None  # `going` for the cache, None while that is every name
     for position in range(len(prefix_tokens), max_len):
-        ix = next_tokens(cache.step(tokens, going), uniforms[position].index_select(0, going), **draw)  # b
+        ix = next_tokens(cache.step(tokens, rows), uniforms[:, position].index_select(0, going), **draw)  # b
         out[going, position] = ix
         still = ix != 0
-        going, tokens = going[still], ix[still]
+        tokens = ix
+        if not still.all():
+            going = rows = going[still]
+            tokens = ix[still]
         if len(going) == 0:
             break
     return out.cpu()
