@@ -262,8 +262,7 @@ def test_bad_flags(tmp_path, words_file, capsys):
 
 
 def test_packed_and_padded_training_agree(tmp_path, words_file, monkeypatch, capsys):
-    """The conv trains through its packed form when available: the same function as the padded batches."""
-    pytest.importorskip("wavenet_conv.packed")
+    """The conv trains through its packed form: the same function as the padded batches."""
     args = ["-i", words_file, "--max-steps", 20, *TINY]
     assert run([*args, "-o", tmp_path / "packed"], capsys)[0] == 0
     monkeypatch.setattr(train, "PACKED", False)

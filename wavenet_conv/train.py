@@ -36,11 +36,12 @@ from wavenet_conv.device import DEVICE_CHOICES, resolve_device
 from wavenet_conv.errors import CheckpointError, UserError, exit_on_user_error
 from wavenet_conv.evaluate import SPLIT_NAMES, SplitEvaluator, check_vocab
 from wavenet_conv.optimizers import AdamW, LectureSGD
+from wavenet_conv.packed import PackedConvWaveNet, PackedItems
 from wavenet_conv.recipes import DEFAULT_RECIPE, RECIPES, Recipe, get_recipe
 from wavenet_conv.tree import TreeWaveNet
 
 RESUME_NAME = "last.pt"
-PACKED = True  # train the conv through wavenet_conv.packed when it is there (the same function, faster)
+PACKED = True  # train the conv through its packed form (the same function, faster); off: padded batches
 SAVE_EVERY_S = 60  # during a run, checkpoints are written at most this often (and always at its end or interruption)
 # flags that may change when a run is resumed; the others describe the run itself and must match its checkpoint
 RESUMABLE = ("max_steps", "epochs", "eval_interval", "log_interval")
@@ -228,31 +229,18 @@ class NameBatches:
             self.position = state["position"]
 
 
-def packed_forms():
-    """(PackedItems, PackedConvWaveNet) when wavenet_conv.packed is there and PACKED is on, else None."""
-    if not PACKED:
-        return None
-    try:
-        from wavenet_conv.packed import PackedConvWaveNet, PackedItems
-    except ImportError:
-        return None
-    return PackedItems, PackedConvWaveNet
-
-
 def make_name_batch(items, block_size, device):
     """Packed items and their targets (each item's characters, then '.'), or right-padded x, y without packing."""
-    forms = packed_forms()
-    if forms is None:
+    if not PACKED:
         x, y = pad_items(items)
         return x.to(device), y.to(device)
     targets = torch.tensor([token for item in items for token in item + [0]], dtype=torch.long)
-    return forms[0].from_items(items, block_size).to(device), targets.to(device)
+    return PackedItems.from_items(items, block_size).to(device), targets.to(device)
 
 
 def training_forward(model):
     """The module that computes a batch's loss: the packed form of a conv (same parameters) or the model itself."""
-    forms = packed_forms()
-    return forms[1](model) if forms is not None and isinstance(model, ConvWaveNet) else model
+    return PackedConvWaveNet(model) if PACKED and isinstance(model, ConvWaveNet) else model
 
 
 # -------------------------------------------------------------------------------------------- optimizer
