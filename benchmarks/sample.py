@@ -69,6 +69,7 @@ def run(model, vocab, method, batch_size, min_run_time):
 
 def bench_device(device, args):
     rows = []
+    threads = torch.get_num_threads()
     block_sizes = args.block_sizes
     trained = None
     if args.checkpoint:
@@ -78,21 +79,28 @@ def bench_device(device, args):
         model, vocab = trained if trained else random_model(block_size)
         model = model.to(device)
         for method in args.methods:
-            # naive samples one name at a time: batching does not apply, its batch is the name count timed
+            # naive samples one name at a time: batching does not apply, its batch is the name count timed.
+            # Its ops are tiny, so extra threads can only slow it down: it runs on 1 thread too and keeps the faster.
             batch_sizes = args.batch_sizes + (args.cuda_extra_batch_sizes if device == "cuda" else [])
-            for batch_size in [args.naive_names] if method == "naive" else batch_sizes:
+            configs = ([(args.naive_names, n) for n in sorted({1, threads})] if method == "naive"
+                       else [(b, threads) for b in batch_sizes])
+            for batch_size, n_threads in configs:
+                torch.set_num_threads(n_threads)
                 try:
                     result = run(model, vocab, method, batch_size, args.min_run_time)
                 except torch.cuda.OutOfMemoryError:
                     print(f"{device} block {block_size} {method} batch {batch_size}: out of memory", file=sys.stderr)
                     torch.cuda.empty_cache()
                     break
+                finally:
+                    torch.set_num_threads(threads)
                 row = {"device": device, "block_size": block_size, "method": method,
-                       "batch_size": 1 if method == "naive" else batch_size, **result}
+                       "batch_size": 1 if method == "naive" else batch_size, "threads": n_threads, **result}
                 rows.append(row)
-                print(f"{device} block {block_size:3d} {method:6s} batch {row['batch_size']:5d}: "
-                      f"{row['names_per_s']:12.1f} names/s {row['us_per_char']:9.2f} us/char", file=sys.stderr)
-                if result["median_s"] > args.max_call_s:
+                print(f"{device} block {block_size:3d} {method:6s} batch {row['batch_size']:5d} "
+                      f"threads {n_threads}: {row['names_per_s']:12.1f} names/s {row['us_per_char']:9.2f} us/char",
+                      file=sys.stderr)
+                if method != "naive" and result["median_s"] > args.max_call_s:
                     break  # larger batches would only take longer per call
     return rows
 
@@ -104,8 +112,10 @@ def summarize(rows, reference_batch):
         here = [r for r in rows if r["block_size"] == block_size]
         best = {m: max((r for r in here if r["method"] == m), key=lambda r: r["names_per_s"], default=None)
                 for m in METHODS}
-        at = {(r["method"], r["batch_size"]): r for r in here}
-        entry = {"block_size": block_size}
+        at = {}  # (method, batch size): the fastest row there (naive has one per thread count)
+        for r in sorted(here, key=lambda r: r["names_per_s"]):
+            at[(r["method"], r["batch_size"])] = r
+        entry = {"block_size": block_size, "levels": int(math.log2(block_size))}  # cached: one node per level
         for m, r in best.items():
             if r:
                 entry[f"{m}_best_names_per_s"] = r["names_per_s"]
@@ -204,9 +214,10 @@ def main(argv=None):
         parser.error(f"unknown method {bad[0]!r}; choose from {', '.join(METHODS)}")
 
     columns = [("block_size", "block", "{}"), ("method", "method", "{}"), ("batch_size", "batch", "{}"),
-               ("names_per_s", "names/s", "{:,.0f}"), ("chars_per_s", "chars/s", "{:,.0f}"),
+               ("threads", "threads", "{}"), ("names_per_s", "names/s", "{:,.0f}"),
+               ("chars_per_s", "chars/s", "{:,.0f}"),
                ("us_per_char", "µs/char", "{:.2f}"), ("iqr_s", "IQR s", "{:.2g}"), ("runs", "runs", "{}")]
-    summary_columns = [("block_size", "block", "{}"), ("naive_best_names_per_s", "naive names/s", "{:,.0f}"),
+    summary_columns = [("block_size", "block", "{}"), ("levels", "levels", "{}"), ("naive_best_names_per_s", "naive names/s", "{:,.0f}"),
                        ("full_best_names_per_s", "full best names/s", "{:,.0f}"),
                        ("full_best_batch_size", "at batch", "{}"),
                        ("cached_best_names_per_s", "cached best names/s", "{:,.0f}"),
