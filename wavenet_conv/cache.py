@@ -10,10 +10,11 @@ The two lowest levels see only a handful of tokens, so they are tables rather th
 - level 1 adds a linear map of two level-0 outputs, each one of those v * v rows: both halves of its weight
   are applied to the table once, and its buffer holds two pair indices. A step then costs two row gathers
   and a tanh there, where a matmul over 2 * h inputs would be the most expensive part of a small model.
-Levels 2 .. n_levels - 1 keep activations, block_size - 4 slots in all, each allocated when first written:
-until time 2**i level i's earlier input is the all-'.' node, a constant term in its bias, so a level whose
-dilation exceeds a name's length does half the work and never stores more than the name. Batch norm is
-folded into the weights (FoldedConvWaveNet). A name that stops simply leaves the set of rows stepped.
+Levels 2 .. n_levels - 1 keep activations, block_size - 4 slots in all, each slot the tensor a step computed,
+kept by reference with the rows (names) it was computed for. Until time 2**i level i's earlier input is the
+all-'.' node, a constant term in its bias, so a level whose dilation exceeds a name's length does half the
+work. Batch norm is folded into the weights (FoldedConvWaveNet). A name that stops leaves the rows stepped;
+nothing is copied.
 
 Shape legend: b batch (names), h hidden, k taps (0: earlier, 1: later), v vocab, s ring-buffer slots.
 """
