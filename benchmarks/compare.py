@@ -118,7 +118,7 @@ def window_logits(form, model, config, data, batch_size=1024):
             step = 1 if form == "loop" else batch_size
             logits = torch.cat([model(x[i : i + step])[0] for i in range(0, len(x), step)])
             return logits, torch.nn.functional.cross_entropy(logits, y)
-        chunks, batches = cw.item_chunks(form, "eval", config, words, items, vocab, batch_size, device,
+        chunks, batches = cw.item_chunks(form, "eval", config, items, batch_size, device,
                                          torch.Generator().manual_seed(0))
         first = torch.cumsum(torch.tensor([0] + [len(it) + 1 for it in items]), 0)  # each item's first window
         logits = torch.empty(int(first[-1]), config.vocab_size, device=device)
@@ -167,8 +167,8 @@ def check_train_agreement(tree, config, data, forms, make_train_model=cw.train_m
         x, y = pad_items(items)
         reference_loss = one_step(reference, x.to(device), y.to(device))
         packed_model = make_train_model(tree, "conv_packed")
-        (packed, windows_y), = cw.packed_batches(words, items, vocab, [list(range(len(items)))], config.block_size,
-                                                 device, time_major=False)  # the timed layout
+        (packed, windows_y), = cw.packed_batches(items, [list(range(len(items)))], config.block_size, device,
+                                                 time_major=False)  # the timed layout
         loss = one_step(packed_model, packed, windows_y)
         assert_agree("training loss of conv_packed vs conv", loss, reference_loss, atol, rtol)
         expected = dict(reference.named_parameters()) | dict(reference.named_buffers())

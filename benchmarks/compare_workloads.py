@@ -27,7 +27,7 @@ from einops import rearrange
 from wavenet_conv.conv import ConvWaveNet
 from wavenet_conv.data import IGNORE_INDEX, bucketed_batches, build_windows, pad_items
 from wavenet_conv.folded import FoldedConvWaveNet
-from wavenet_conv.packed import PackedConvWaveNet, PackedItems
+from wavenet_conv.packed import PackedConvWaveNet, packed_batch
 
 FORMS = ("loop", "tree", "conv", "conv_folded", "conv_packed")
 CONV_FORMS = ("conv", "conv_folded", "conv_packed")
@@ -130,16 +130,15 @@ def padded_batches(items, batches, device):
     return [tuple(t.to(device) for t in pad_items([items[i] for i in b])) for b in batches]  # (b t, b t)
 
 
-def packed_batches(words, items, vocab, batches, block_size, device, time_major=True):
+def packed_batches(items, batches, block_size, device, time_major=True):
     out = []
     for b in batches:
-        _, y = build_windows([words[i] for i in b], vocab, block_size)  # targets in build_windows order
-        packed = PackedItems.from_items([items[i] for i in b], block_size, time_major=time_major)
+        packed, y = packed_batch([items[i] for i in b], block_size, time_major)  # targets in build_windows order
         out.append((packed.to(device), y.to(device)))
     return out
 
 
-def item_chunks(form, mode, config, words, items, vocab, batch_size, device, generator):
+def item_chunks(form, mode, config, items, batch_size, device, generator):
     """The batches of an item form (conv, conv_folded, conv_packed) and the item indices of each.
 
     conv_packed evaluates items of one length per batch, time-major (no gathers); it trains on batches of
@@ -148,7 +147,7 @@ def item_chunks(form, mode, config, words, items, vocab, batch_size, device, gen
         time_major = mode == "eval"
         batches = same_length_batches(items, batch_size, generator) if time_major else \
             item_batches(items, batch_size, False, generator)
-        return packed_batches(words, items, vocab, batches, config.block_size, device, time_major), batches
+        return packed_batches(items, batches, config.block_size, device, time_major), batches
     batches = item_batches(items, batch_size, True, generator)
     return padded_batches(items, batches, device), batches
 
@@ -195,7 +194,7 @@ def eval_workload(form, model, config, data, batch_size):
         chunks = [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)]
         macs = len(x) * tree_macs_per_window(config)
     else:
-        chunks, _ = item_chunks(form, "eval", config, words, items, vocab, batch_size, device, data["generator"])
+        chunks, _ = item_chunks(form, "eval", config, items, batch_size, device, data["generator"])
         macs = chunk_macs(form, "eval", config, chunks)
     step = (lambda x, y: folded_loss(model, x, y)) if form == "conv_folded" else model
     n_predictions = sum(int((y != IGNORE_INDEX).sum()) for _, y in chunks)
@@ -220,7 +219,7 @@ def train_workload(form, model, config, data, batch_size):
         chunks = [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, n, batch_size)]
         macs = 3 * sum(len(xb) for xb, _ in chunks) * tree_macs_per_window(config)  # forward and backward
     elif form in ("conv", "conv_packed"):
-        chunks, _ = item_chunks(form, "train", config, words, items, vocab, batch_size, device, data["generator"])
+        chunks, _ = item_chunks(form, "train", config, items, batch_size, device, data["generator"])
         macs = chunk_macs(form, "train", config, chunks)
     else:
         raise ValueError(f"form {form!r} does not train")

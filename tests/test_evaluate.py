@@ -18,8 +18,6 @@ def random_words(n, seed, alphabet="abcdefg'. "):
 
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 def test_conv_over_items_equals_tree_over_windows(make_random_tree, packed):
-    if packed:
-        pytest.importorskip("wavenet_conv.packed")
     words = random_words(300, seed=1)
     vocab = Vocab.from_words(words)
     tree = make_random_tree(ModelConfig(len(vocab), 8, 6, 10), seed=3)

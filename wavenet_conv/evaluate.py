@@ -17,6 +17,7 @@ from wavenet_conv.checkpoint import load, model_type_of
 from wavenet_conv.data import DEFAULT_INPUT, IGNORE_INDEX, build_windows, encode_items, pad_items, read_words, split_words
 from wavenet_conv.device import DEVICE_CHOICES, resolve_device
 from wavenet_conv.errors import DatasetError, exit_on_user_error
+from wavenet_conv.packed import PackedConvWaveNet, packed_batch
 
 BATCH_POSITIONS = 1 << 12  # positions (conv) or windows (tree) per batch: small enough to stay in cache
 PACKED_ITEMS = 1 << 12  # items per packed batch
@@ -43,37 +44,22 @@ def window_batches(words, vocab, block_size, max_windows=BATCH_POSITIONS):
     return list(zip(X.split(max_windows), Y.split(max_windows)))
 
 
-def packed_conv():
-    """(PackedItems, PackedConvWaveNet) when wavenet_conv.packed is there: the conv without padding, BN folded."""
-    try:
-        from wavenet_conv.packed import PackedConvWaveNet, PackedItems
-    except ImportError:
-        return None
-    return PackedItems, PackedConvWaveNet
-
-
 def packed_batches(items, block_size, max_items=PACKED_ITEMS):
     """[(PackedItems, targets p)]: each item's characters, then '.', in build_windows order."""
-    packed_items = packed_conv()[0]
-    batches = []
-    for start in range(0, len(items), max_items):
-        chunk = items[start : start + max_items]
-        targets = torch.tensor([token for item in chunk for token in item + [0]], dtype=torch.long)
-        batches.append((packed_items.from_items(chunk, block_size), targets))
-    return batches
+    return [packed_batch(items[start : start + max_items], block_size) for start in range(0, len(items), max_items)]
 
 
 class SplitEvaluator:
     """The full-split loss of a model; the split's batches are built once and reused at every evaluation.
 
-    The conv runs in its packed form when wavenet_conv.packed is there (no padding, each node once), else
-    over padded items; the tree runs over windows.
+    The conv runs in its packed form (no padding, each node once), or with packed=False over padded items;
+    the tree runs over windows.
     """
 
     def __init__(self, words, vocab, packed=True):
         self.words = words
         self.vocab = vocab
-        self.packed = packed and packed_conv() is not None
+        self.packed = packed
         self.batches = {}
 
     def batches_for(self, model_type, block_size, device):
@@ -95,7 +81,7 @@ class SplitEvaluator:
         device = next(model.parameters()).device
         model_type = model_type_of(model)
         batches = self.batches_for(model_type, model.config.block_size, device)
-        forward = packed_conv()[1](model) if model_type == "conv" and self.packed else model
+        forward = PackedConvWaveNet(model) if model_type == "conv" and self.packed else model
         was_training = model.training
         forward.eval()
         total, count = 0.0, 0

@@ -76,6 +76,12 @@ class PackedItems:
                            move(self.window_rows), self.n_items, self.block_size, self.rows_per_step)
 
 
+def packed_batch(items, block_size, time_major=False):
+    """(PackedItems, targets p): each item's characters, then '.', in build_windows order (that of window_rows)."""
+    targets = torch.tensor([token for item in items for token in item + [0]], dtype=torch.long)
+    return PackedItems.from_items(items, block_size, time_major), targets
+
+
 class PackedConvWaveNet(nn.Module):
     """A ConvWaveNet's function over PackedItems; shares (and trains) that ConvWaveNet's parameters.
 

@@ -36,7 +36,7 @@ from wavenet_conv.device import DEVICE_CHOICES, resolve_device
 from wavenet_conv.errors import CheckpointError, UserError, exit_on_user_error
 from wavenet_conv.evaluate import SPLIT_NAMES, SplitEvaluator, check_vocab
 from wavenet_conv.optimizers import AdamW, LectureSGD
-from wavenet_conv.packed import PackedConvWaveNet, PackedItems
+from wavenet_conv.packed import PackedConvWaveNet, packed_batch
 from wavenet_conv.recipes import DEFAULT_RECIPE, RECIPES, Recipe, get_recipe
 from wavenet_conv.tree import TreeWaveNet
 
@@ -141,8 +141,8 @@ def other_running_processes(samples=9, interval=0.01):
 
 
 def recipe_overrides(args):
-    return {"model": args.model, "batching": args.batching, "max_steps": args.max_steps, "epochs": args.epochs, "batch_size": args.batch_size,
-            "learning_rate": args.learning_rate, "weight_decay": args.weight_decay, "n_embd": args.n_embd,
+    return {"model": args.model, "batching": args.batching, "max_steps": args.max_steps, "epochs": args.epochs,
+            "batch_size": args.batch_size, "learning_rate": args.learning_rate, "weight_decay": args.weight_decay, "n_embd": args.n_embd,
             "n_hidden": args.n_hidden, "block_size": args.block_size, "eval_interval": args.eval_interval,
             "log_interval": args.log_interval}
 
@@ -234,8 +234,8 @@ def make_name_batch(items, block_size, device):
     if not PACKED:
         x, y = pad_items(items)
         return x.to(device), y.to(device)
-    targets = torch.tensor([token for item in items for token in item + [0]], dtype=torch.long)
-    return PackedItems.from_items(items, block_size).to(device), targets.to(device)
+    packed, targets = packed_batch(items, block_size)
+    return packed.to(device), targets.to(device)
 
 
 def training_forward(model):
