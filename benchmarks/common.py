@@ -13,10 +13,27 @@ import torch.utils.benchmark as tbench
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # run from a checkout
 
 
+def cpu_model_name():
+    """'AMD EPYC (family 25, model 1), 2 cores': what /proc/cpuinfo tells (a virtual machine may hide more)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            fields = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
+    except OSError:
+        return None
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    if "model name" not in fields:
+        return None
+    return (f"{fields['model name']} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')}), "
+            f"{os.cpu_count()} cores")
+
+
 def environment(device):
     """Device, torch version and thread count: what a reader needs to compare two result files."""
     device = torch.device(device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = cpu_model_name() or platform.processor() or platform.machine()
     return {
         "device": device.type,
         "device_name": name,

@@ -188,20 +188,6 @@ def check_train_agreement(tree, config, data, forms, make_train_model=cw.train_m
 
 # ---- peak and timing -------------------------------------------------------------------------------------
 
-def cpu_model_name():
-    """'AMD EPYC (family 25, model 1), 2 cores': what /proc/cpuinfo tells (a virtual machine may hide more)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            fields = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
-    except OSError:
-        return None
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
-    if "model name" not in fields:
-        return None
-    return (f"{fields['model name']} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')}), "
-            f"{os.cpu_count()} cores")
-
-
 def cpu_theoretical_gflops(threads):
     """threads x FLOP per cycle (AVX-512: 64, AVX2 with FMA: 32, i.e. two FMA units) x the reported clock:
     an estimate (a virtual machine reports its base clock; a measured matmul can beat it)."""
@@ -451,8 +437,6 @@ def profile_workload(workload, block_size, rows=8):
 def run_device(device, words, vocab, args):
     args = settings_for(args, device)
     env = environment(device)
-    if env["device"] == "cpu":
-        env["device_name"] = cpu_model_name() or env["device_name"]
     peak = peak_gflops(device, args.peak_size, args.min_run_time)
     rows, profiles, losses = [], [], {}
     for block_size in args.block_sizes:
