@@ -219,7 +219,8 @@ def main(argv=None):
                ("threads", "threads", "{}"), ("names_per_s", "names/s", "{:,.0f}"),
                ("chars_per_s", "chars/s", "{:,.0f}"),
                ("us_per_char", "µs/char", "{:.2f}"), ("iqr_s", "IQR s", "{:.2g}"), ("runs", "runs", "{}")]
-    summary_columns = [("block_size", "block", "{}"), ("levels", "levels", "{}"), ("naive_best_names_per_s", "naive names/s", "{:,.0f}"),
+    summary_columns = [("block_size", "block", "{}"), ("levels", "levels", "{}"),
+                       ("naive_best_names_per_s", "naive names/s", "{:,.0f}"),
                        ("full_best_names_per_s", "full best names/s", "{:,.0f}"),
                        ("full_best_batch_size", "at batch", "{}"),
                        ("cached_best_names_per_s", "cached best names/s", "{:,.0f}"),

@@ -173,8 +173,9 @@ def generate_cached(model, prefix_tokens, uniforms, draw):
         ix = next_tokens(cache.step(tokens, rows), uniforms[:, position].index_select(0, going), **draw)  # b
         out[going, position] = ix
         still = ix != 0
-        tokens = ix
-        if not still.all():
+        if still.all():
+            tokens = ix
+        else:
             going = rows = going[still]
             tokens = ix[still]
         if len(going) == 0:
