@@ -2,19 +2,18 @@
 
 A workload is one timed call: a fixed set of predictions (the validation split for eval, a fixed slice of
 the training split for train) in batches of about `batch_size` predictions, with everything a step needs
-(window tensors, padded bucketed batches, packed rows) already built and on the device.
+(window tensors, padded length-bucketed batches) already built and on the device.
 
 Forms (all hold the same weights, checked by compare.py before timing):
 - loop: the lecture's tree, one window at a time (eval only: one window is no batch for batch norm);
 - tree: the lecture's tree over batches of windows;
-- conv: ConvWaveNet over length-bucketed batches of whole items, padded on the right;
-- conv_folded: FoldedConvWaveNet (batch norm folded into the weights) over the same batches (eval only);
-- conv_packed: PackedConvWaveNet, items packed without padding, the all-dot nodes computed once, the
-  embedding folded into level 0; in eval batch norm folded in, level 0 a token-pair table and items of one
-  length per batch, time-major (shifted matmuls instead of gathers); in training any items, in order.
+- conv: ConvWaveNet, its nn.Conv1d levels over length-bucketed batches of whole items, padded on the right:
+  the model that trains;
+- conv_folded: FoldedConvWaveNet, the inference form (batch norm folded into the convolutions, level 0 a
+  token-pair table, a level whose dilation reaches past every item a 1x1 convolution) over the same batches.
 
-Multiply-adds (MACs) are counted from the shapes each form really computes (padding and all-dot nodes
-included), matmuls only: batch norm, tanh and the loss are elementwise and not counted.
+Multiply-adds (MACs) are counted from the shapes each form really computes (right padding and each item's
+all-dot position included), matmuls and convolutions only: batch norm, tanh and the loss are elementwise.
 Shape legend: n examples, b batch, t time.
 """
 import copy
@@ -27,12 +26,11 @@ from einops import rearrange
 from wavenet_conv.conv import ConvWaveNet
 from wavenet_conv.data import IGNORE_INDEX, bucketed_batches, build_windows, pad_items
 from wavenet_conv.folded import FoldedConvWaveNet
-from wavenet_conv.packed import PackedConvWaveNet, packed_batch
 
-FORMS = ("loop", "tree", "conv", "conv_folded", "conv_packed")
-CONV_FORMS = ("conv", "conv_folded", "conv_packed")
+FORMS = ("loop", "tree", "conv", "conv_folded")
+CONV_FORMS = ("conv", "conv_folded")
 MODES = ("eval", "train")
-TRAINABLE = ("tree", "conv", "conv_packed")
+TRAINABLE = ("tree", "conv")
 TRAIN_LR = 0.01  # plain SGD, as the lecture (its 0.1 would do as well; speed does not depend on it)
 
 
@@ -59,32 +57,19 @@ def tree_macs_per_window(config):
 
 
 def conv_macs(config, batch, time, mode="eval"):
-    """ConvWaveNet on a (batch, time) padded batch: level i runs at pad + time - (2**(i+1) - 1) positions."""
-    positions, macs, fan_in = config.block_size - 1 + time, 0, 2 * config.n_embd
-    for level in range(config.n_levels):
-        positions -= 2**level
-        macs += batch * positions * fan_in * config.n_hidden
-        fan_in = 2 * config.n_hidden
-    macs += batch * time * config.n_hidden * config.vocab_size
+    """ConvWaveNet on a (batch, time) padded batch: every level at every position, both taps, then the head."""
+    fan_in = 2 * config.n_embd + (config.n_levels - 1) * 2 * config.n_hidden
+    macs = batch * time * (fan_in * config.n_hidden + config.n_hidden * config.vocab_size)
     return macs if mode == "eval" else 3 * macs  # backward: the input's and the weight's gradient
 
 
-def packed_macs(config, packed, mode):
-    """PackedConvWaveNet on one batch: each level's later tap on every row; its earlier tap on every row in the
-    item-major layout, but time-major only on rows whose earlier node lies inside the item (the rest read the
-    all-dot row: one row's worth); the head on every row. Level 0 is two (v c) x (c h) tables per training
-    step, computed once in eval (cached with the folded weights). Training: 3x those (forward, the input's and
-    the weight's gradient), plus the batch-norm statistics: two products per level with the row weights."""
-    rows, h = len(packed.tokens), config.n_hidden
-    macs = rows * h * config.vocab_size + (2 * config.vocab_size * config.n_embd * h if mode == "train" else 0)
+def folded_macs(config, batch, time):
+    """FoldedConvWaveNet on a (batch, time) padded batch: level 0 is a table lookup; a level whose dilation
+    reaches past the batch's time does its later tap only, plus its earlier tap once, on the all-dot node."""
+    h, macs = config.n_hidden, batch * time * config.n_hidden * config.vocab_size
     for level in range(1, config.n_levels):
-        if packed.rows_per_step is None:
-            earlier_rows = rows
-        else:
-            earlier_rows = 1 + max(0, rows - 1 - 2**level * packed.rows_per_step)
-        macs += (rows + earlier_rows) * h * h
-    # the statistics' products need no weight gradient: forward and the input's gradient, two per level
-    return macs if mode == "eval" else 3 * macs + config.n_levels * 2 * 2 * rows * h
+        macs += batch * time * h * h + (h * h if 2**level >= time else batch * time * h * h)
+    return macs
 
 
 def nominal_macs_per_prediction(config, form):
@@ -106,21 +91,6 @@ def item_batches(items, batch_size, bucketed, generator):
     return [list(range(i, min(i + n_items, len(items)))) for i in range(0, len(items), n_items)]
 
 
-def same_length_batches(items, batch_size, generator=None):
-    """Index lists of items of one length each, about batch_size predictions a batch (the time-major layout);
-    the batch order shuffled by `generator` when given."""
-    by_length = {}
-    for i, it in enumerate(items):
-        by_length.setdefault(len(it), []).append(i)
-    batches = []
-    for length, members in sorted(by_length.items()):
-        n_items = max(1, round(batch_size / (length + 1)))
-        batches += [members[i : i + n_items] for i in range(0, len(members), n_items)]
-    if generator is not None:
-        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
-    return batches
-
-
 def windows_of(words, vocab, block_size, device):
     x, y = build_windows(words, vocab, block_size)
     return x.to(device), y.to(device)  # n t, n
@@ -130,31 +100,15 @@ def padded_batches(items, batches, device):
     return [tuple(t.to(device) for t in pad_items([items[i] for i in b])) for b in batches]  # (b t, b t)
 
 
-def packed_batches(items, batches, block_size, device, time_major=True):
-    out = []
-    for b in batches:
-        packed, y = packed_batch([items[i] for i in b], block_size, time_major)  # targets in build_windows order
-        out.append((packed.to(device), y.to(device)))
-    return out
-
-
-def item_chunks(form, mode, config, items, batch_size, device, generator):
-    """The batches of an item form (conv, conv_folded, conv_packed) and the item indices of each.
-
-    conv_packed evaluates items of one length per batch, time-major (no gathers); it trains on batches of
-    any lengths in the split's (shuffled) order, so that each step's batch is as large as asked."""
-    if form == "conv_packed":
-        time_major = mode == "eval"
-        batches = same_length_batches(items, batch_size, generator) if time_major else \
-            item_batches(items, batch_size, False, generator)
-        return packed_batches(items, batches, config.block_size, device, time_major), batches
+def item_chunks(items, batch_size, device, generator):
+    """Length-bucketed padded batches of whole items, about batch_size predictions each, and their item indices."""
     batches = item_batches(items, batch_size, True, generator)
     return padded_batches(items, batches, device), batches
 
 
 def chunk_macs(form, mode, config, chunks):
-    if form == "conv_packed":
-        return sum(packed_macs(config, packed, mode) for packed, _ in chunks)
+    if form == "conv_folded":
+        return sum(folded_macs(config, *x.shape) for x, _ in chunks)
     return sum(conv_macs(config, *x.shape, mode) for x, _ in chunks)
 
 
@@ -164,17 +118,14 @@ def build_models(tree):
     """Each form's model, all from one tree (same weights); train copies are separate so timing never
     changes the weights that the eval forms are checked and timed with."""
     conv = ConvWaveNet.from_tree(tree).eval()
-    eval_models = {"loop": tree, "tree": tree, "conv": conv, "conv_folded": FoldedConvWaveNet(conv),
-                   "conv_packed": PackedConvWaveNet(conv)}
-    return eval_models
+    return {"loop": tree, "tree": tree, "conv": conv, "conv_folded": FoldedConvWaveNet(conv)}
 
 
 def train_model(tree, form):
     """A fresh training copy of the tree's weights in the given form."""
     if form == "tree":
         return copy.deepcopy(tree).train()
-    conv = ConvWaveNet.from_tree(tree)
-    return (conv if form == "conv" else PackedConvWaveNet(conv)).train()
+    return ConvWaveNet.from_tree(tree).train()
 
 
 def folded_loss(model, x, y):
@@ -194,7 +145,7 @@ def eval_workload(form, model, config, data, batch_size):
         chunks = [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)]
         macs = len(x) * tree_macs_per_window(config)
     else:
-        chunks, _ = item_chunks(form, "eval", config, items, batch_size, device, data["generator"])
+        chunks, _ = item_chunks(items, batch_size, device, data["generator"])
         macs = chunk_macs(form, "eval", config, chunks)
     step = (lambda x, y: folded_loss(model, x, y)) if form == "conv_folded" else model
     n_predictions = sum(int((y != IGNORE_INDEX).sum()) for _, y in chunks)
@@ -218,8 +169,8 @@ def train_workload(form, model, config, data, batch_size):
         n = max(batch_size, len(x) - len(x) % batch_size)
         chunks = [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, n, batch_size)]
         macs = 3 * sum(len(xb) for xb, _ in chunks) * tree_macs_per_window(config)  # forward and backward
-    elif form in ("conv", "conv_packed"):
-        chunks, _ = item_chunks(form, "train", config, items, batch_size, device, data["generator"])
+    elif form == "conv":
+        chunks, _ = item_chunks(items, batch_size, device, data["generator"])
         macs = chunk_macs(form, "train", config, chunks)
     else:
         raise ValueError(f"form {form!r} does not train")

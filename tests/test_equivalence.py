@@ -203,11 +203,13 @@ def test_future_and_too_old_tokens_never_matter(make_random_tree, block_size):
 
 @pytest.mark.parametrize("block_size", [2, 4, 8])
 def test_receptive_field_is_exactly_the_window(make_random_tree, block_size):
-    """Autograd: logits[:, t] depend on the embedded (dot-padded) input exactly at positions t-block_size+1 .. t."""
+    """Autograd: logits[:, t] depend on the embedded input exactly at positions max(0, t-block_size+1) .. t.
+
+    Position 0 ('.') also stands for the dots before the item, so it is in every early window."""
     conv = ConvWaveNet.from_tree(make_random_tree(small_config(block_size), seed=9))
     idx = torch.randint(0, len(VOCAB), (2, 2 * block_size + 1), generator=torch.Generator().manual_seed(9))
-    pad = block_size - 1
-    probe = torch.zeros(2, pad + idx.shape[1], conv.config.n_embd, dtype=torch.float64, requires_grad=True)
+    idx[:, 0] = 0  # items start with '.'
+    probe = torch.zeros(2, idx.shape[1], conv.config.n_embd, dtype=torch.float64, requires_grad=True)
     hook = conv.embedding.register_forward_hook(lambda module, inputs, output: output + probe)
     try:
         logits = conv(idx)[0]  # b t v
@@ -215,41 +217,79 @@ def test_receptive_field_is_exactly_the_window(make_random_tree, block_size):
         hook.remove()
     for t in range(idx.shape[1]):
         (grad,) = torch.autograd.grad(logits[:, t].sum(), probe, retain_graph=True)
-        sensitivity = grad.abs().sum((0, 2))  # (pad + t): how much each input position moves logits[:, t]
+        sensitivity = grad.abs().sum((0, 2))  # t: how much each input position moves logits[:, t]
         window = torch.zeros_like(sensitivity, dtype=torch.bool)
-        window[t : t + block_size] = True  # padded coordinates: original t - block_size + 1 .. t
+        window[max(0, t - block_size + 1) : t + 1] = True
         assert (sensitivity[window] > 1e-9).all(), t
         assert (sensitivity[~window] == 0).all(), t
 
 
+# ---- the start of an item: the all-dot node, not a token prefix and not zeros ----
+
+def token_prefix_logits(conv, idx):
+    """The previous design, written out: block_size - 1 '.' tokens in front of each item, unpadded convolutions
+    that shorten time by their dilation, eval-mode batch norm. The conv must equal it exactly."""
+    x = rearrange(conv.embedding(F.pad(idx, (conv.config.block_size - 1, 0), value=0)), "b t c -> b c t")
+    for level in conv.levels:
+        x = torch.tanh(level.bn(level.conv(x)))  # b c (pad + t) -> b h (pad + t - d)
+    return conv.head(rearrange(x, "b h t -> b t h"))
+
+
+@pytest.mark.parametrize("block_size", [2, 4, 8, 16, 32])
+def test_all_dot_node_padding_equals_the_token_prefix(make_random_tree, block_size):
+    conv = ConvWaveNet.from_tree(make_random_tree(small_config(block_size), seed=29))
+    x, _ = pad_items(encode_items(random_words(block_size, seed=29), VOCAB))
+    with torch.no_grad():
+        expected = token_prefix_logits(conv, x)
+        assert_close(conv(x)[0], expected, atol=1e-10, rtol=1e-10)
+        assert conv(x)[0].shape[1] == x.shape[1]  # time stays item length + 1: no prefix is computed
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_every_level_runs_its_conv1d_module(make_random_tree, training):
+    """Forward hooks see each level's nn.Conv1d called once per forward, on (b, c, dilation + t) tensors."""
+    block_size = 8
+    conv = ConvWaveNet.from_tree(make_random_tree(small_config(block_size), seed=31)).train(training)
+    x, y = pad_items(encode_items(random_words(block_size, seed=31), VOCAB))
+    calls = []
+    hooks = [module.register_forward_hook(lambda m, inputs, out: calls.append((m, inputs[0].shape, out.shape)))
+             for module in conv.modules() if isinstance(module, torch.nn.Conv1d)]
+    try:
+        _, loss = conv(x, y)
+        loss.backward()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert [m for m, _, _ in calls] == [level.conv for level in conv.levels]
+    for (m, shape_in, shape_out), level in zip(calls, conv.levels, strict=True):
+        b, t = x.shape
+        assert tuple(shape_in) == (b, m.in_channels, level.dilation + t)
+        assert tuple(shape_out) == (b, m.out_channels, t)
+    assert all(level.conv.weight.grad.abs().sum() > 0 for level in conv.levels)  # gradients flow through conv1d
+
+
 # ---- negative controls: the same check must fail on the classic bugs ----
 
-class ZeroPaddedInputConv(ConvWaveNet):
-    """Broken on purpose: zeros in front of the embedded item instead of the embeddings of '.' tokens."""
-
-    def forward(self, idx, targets=None):
-        x = F.pad(self.embedding(idx), (0, 0, self.config.block_size - 1, 0))  # b t c -> b (pad + t) c, zeros
-        for level in self.levels:
-            x = level(x)
-        return self.head(x), None
+def zero_padded_input(conv):
+    """Broken on purpose: zeros in front of the embedded item instead of the '.' (all-dot) node at level 0."""
+    conv.levels[0].left_pad = lambda x: F.pad(x, (conv.levels[0].dilation, 0))
+    return conv
 
 
-class ZeroPaddedLevelsConv(ConvWaveNet):
+def zero_padded_levels(conv):
     """Broken on purpose: each level zero-pads its input by its dilation, as Conv1d(padding=...) does."""
-
-    def forward(self, idx, targets=None):
-        x = self.embedding(idx)  # b t c
-        for level in self.levels:
-            x = level(F.pad(x, (0, 0, level.dilation, 0)))  # b t c, zeros in front
-        return self.head(x), None
+    for level in conv.levels:
+        level.left_pad = lambda x, d=level.dilation: F.pad(x, (d, 0))
+    return conv
 
 
-@pytest.mark.parametrize("broken_class", [ZeroPaddedInputConv, ZeroPaddedLevelsConv])
+@pytest.mark.parametrize("break_", [zero_padded_input, zero_padded_levels])
 @pytest.mark.parametrize("block_size", [4, 8])
-def test_control_zero_padded_activations_fail_the_check(make_random_tree, block_size, broken_class):
+def test_control_zero_padded_activations_fail_the_check(make_random_tree, block_size, break_):
     tree = make_random_tree(small_config(block_size), seed=11)
     words = random_words(block_size, seed=11)
-    broken = broken_class.from_tree(tree)
+    assert_equivalent(tree, ConvWaveNet.from_tree(tree), words)  # the same check passes on the real conv
+    broken = break_(ConvWaveNet.from_tree(tree))
     with pytest.raises(AssertionError):
         assert_equivalent(tree, broken, words)
     gaps, positions = logit_gaps(tree, broken, words)
@@ -290,29 +330,26 @@ def train_step(conv, x, y, targets_for_bn=True):
 
 
 def reference_training_forward(conv, x, y):
-    """The conv's training mode written out node by node, in absolute (dot-padded) positions.
+    """The conv's training mode written out node by node.
 
-    Level i's node at position p fuses the nodes at p - 2**i and p; a level's batch statistics are the mean and
-    the unbiased variance over its nodes at valid positions (target not -1, or inside the leading '.' padding),
-    each node once. Returns (logits at valid positions, mean loss, [(batch mean, batch variance)] per level).
+    Level i's node at position p fuses the nodes at p - 2**i and p; before position 0 stands the all-dot node,
+    which is position 0's node (every item starts with '.'). A level's batch statistics are the mean and the
+    unbiased variance over its nodes at valid positions (target not -1), each node once: so each item's
+    all-dot node counts once. Returns (logits at valid positions, mean loss, [(batch mean, batch variance)]).
     """
-    pad = conv.config.block_size - 1
-    tokens = F.pad(x, (pad, 0), value=0)  # b P
-    valid = F.pad(y != IGNORE_INDEX, (pad, 0), value=True)  # b P
-    nodes = conv.embedding.weight[tokens]  # b P c: nodes exist at positions >= first
-    first, statistics = 0, []
+    valid = y != IGNORE_INDEX  # b t
+    nodes = conv.embedding.weight[x]  # b t c
+    statistics = []
     for level in conv.levels:
         d, weight, bn = level.dilation, level.conv.weight, level.bn  # weight: h c k
-        h = torch.full((*tokens.shape, weight.shape[0]), float("nan"), dtype=nodes.dtype)  # b P h
-        for p in range(first + d, tokens.shape[1]):
-            h[:, p] = nodes[:, p - d] @ weight[:, :, 0].T + nodes[:, p] @ weight[:, :, 1].T
-        first += d
-        counted = h[:, first:][valid[:, first:]]  # nodes at valid positions
+        h = torch.stack([nodes[:, max(p - d, 0)] @ weight[:, :, 0].T + nodes[:, p] @ weight[:, :, 1].T
+                         for p in range(x.shape[1])], dim=1)  # b t h
+        counted = h[valid]  # nodes at valid positions
         mean, var = counted.mean(0), counted.var(0)
         statistics.append((mean, var))
         nodes = torch.tanh(bn.weight * (h - mean) / torch.sqrt(var + bn.eps) + bn.bias)
-    logits = conv.head(nodes[:, pad:])[y != IGNORE_INDEX]  # n v
-    return logits, F.cross_entropy(logits, y[y != IGNORE_INDEX]), statistics
+    logits = conv.head(nodes)[valid]  # n v
+    return logits, F.cross_entropy(logits, y[valid]), statistics
 
 
 def test_training_mode_statistics_are_over_valid_nodes(make_random_tree):

@@ -16,8 +16,7 @@ def random_words(n, seed, alphabet="abcdefg'. "):
     return ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 14))) for _ in range(n)]
 
 
-@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
-def test_conv_over_items_equals_tree_over_windows(make_random_tree, packed):
+def test_conv_over_items_equals_tree_over_windows(make_random_tree):
     words = random_words(300, seed=1)
     vocab = Vocab.from_words(words)
     tree = make_random_tree(ModelConfig(len(vocab), 8, 6, 10), seed=3)
@@ -27,7 +26,7 @@ def test_conv_over_items_equals_tree_over_windows(make_random_tree, packed):
     with torch.no_grad():
         expected = F.cross_entropy(tree(X)[0], Y).item()
     torch.testing.assert_close(split_loss(tree, words, vocab), expected)
-    torch.testing.assert_close(SplitEvaluator(words, vocab, packed=packed).loss(conv), expected)
+    torch.testing.assert_close(SplitEvaluator(words, vocab).loss(conv), expected)
 
 
 def test_evaluation_is_in_eval_mode_and_restores_the_mode(make_random_tree):

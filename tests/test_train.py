@@ -259,14 +259,3 @@ def test_bad_flags(tmp_path, words_file, capsys):
     assert run(["--max-steps", "0"], capsys)[0] == 2
     assert_user_error(run(["-i", words_file, "-o", tmp_path / "run", "--block-size", "6"], capsys), "power of two")
     assert_user_error(run(["-i", words_file, "-o", tmp_path / "run", "--batch-size", "100000"], capsys), "batch")
-
-
-def test_packed_and_padded_training_agree(tmp_path, words_file, monkeypatch, capsys):
-    """The conv trains through its packed form: the same function as the padded batches."""
-    args = ["-i", words_file, "--max-steps", 20, *TINY]
-    assert run([*args, "-o", tmp_path / "packed"], capsys)[0] == 0
-    monkeypatch.setattr(train, "PACKED", False)
-    assert run([*args, "-o", tmp_path / "padded"], capsys)[0] == 0
-    packed, padded = (load_checkpoint(tmp_path / name / "last.pt")["model"] for name in ("packed", "padded"))
-    for key in packed:
-        torch.testing.assert_close(packed[key], padded[key], rtol=1e-4, atol=1e-5)

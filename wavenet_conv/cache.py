@@ -6,7 +6,7 @@ conv's input is '.' tokens, so every earlier node of a level is the activation t
 an all-'.' window: the buffers start from that, not from zeros (zeros are the classic silent bug).
 
 The two lowest levels see only a handful of tokens, so they are tables rather than matmuls:
-- level 0's output depends on a token pair: one row per pair (v * v rows), and its buffer is the previous token;
+- level 0's output depends on a token pair: FoldedConvWaveNet's table of v * v rows; its buffer is the previous token;
 - level 1 adds a linear map of two level-0 outputs, each one of those v * v rows: both halves of its weight
   are applied to the table once, and its buffer holds two pair indices. A step then costs two row gathers
   and a tanh there, where a matmul over 2 * h inputs would be the most expensive part of a small model.
@@ -20,12 +20,7 @@ Shape legend: b batch (names), h hidden, k taps (0: earlier, 1: later), v vocab,
 """
 import torch
 
-
-def tanh_(x):
-    """tanh in place; on the CPU as 2 * sigmoid(2x) - 1, equal to rounding and about twice as fast there."""
-    if x.device.type != "cpu":
-        return x.tanh_()
-    return x.mul_(2).sigmoid_().mul_(2).sub_(1)
+from wavenet_conv.activations import tanh_
 
 
 class IncrementalWaveNet:
@@ -41,15 +36,11 @@ class IncrementalWaveNet:
             raise ValueError(f"init must be 'boundary' or 'zeros', got {init!r}")
         self.folded = folded
         self.time = 0
-        embedding = folded.embedding
-        device = embedding.device
-        vocab_size = embedding.shape[0]
-        self.vocab_size = vocab_size
+        self.pairs = folded.pair_table  # (v v) h: level 0's node of every token pair, row earlier * v + later
+        device = self.pairs.device
+        self.vocab_size = folded.config.vocab_size
         self.previous = torch.zeros(batch_size, dtype=torch.long, device=device)  # b: '.' before the start
         with torch.no_grad():
-            tokens = torch.arange(vocab_size, device=device)
-            earlier, later = torch.cartesian_prod(tokens, tokens).unbind(1)  # (v v), (v v)
-            self.pairs = folded.level(0, embedding[earlier], embedding[later])  # (v v) h, row earlier * v + later
             self.slots = []  # level i >= 2: 2**i slots of (its input, the rows it was computed for)
             self.start_terms, self.earlier_weights, self.later_weights = [], [], []
             if len(folded.dilations) < 2:

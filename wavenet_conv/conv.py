@@ -1,7 +1,19 @@
 """The same model as a dilated causal Conv1d stack, slid over whole items: every position at once.
 
-Level i fuses the node ending at t with the node ending at t - 2**i, exactly the tree's pair, so the
-tree over the window ending at t is computed for every t while each shared node is computed once.
+Level i is a kernel-2 `nn.Conv1d` at dilation 2**i: it fuses the node ending at t with the node ending at
+t - 2**i, exactly the tree's pair, so the tree over the window ending at t is computed for every t while each
+shared node is computed once.
+
+The start of an item, exactly and without padding tokens: an item's input is `[., w1 .. wL]`, so position 0
+holds '.' and at every level position 0 is the node over an all-'.' window, the same node for every item. The
+tree's windows that reach back before the item hold only '.' too, so the left context of every level is that
+node: each level's input is left-padded with `dilation` copies of its own position 0 (`causal_pad`), and the
+time length stays L + 1 at every level. (Zero-padding, what `Conv1d(padding=...)` does, is the classic bug.)
+
+Batch norm in training mode counts each node at a valid position (target not -1) once: every real node of
+every item, and the all-dot node once per item (its position 0, which predicts the item's first character).
+Right padding stays out of the statistics and the loss. The variance is the unbiased one, as in the lecture's
+BatchNorm1d. In eval mode `nn.BatchNorm1d` applies the running statistics, and the conv equals the tree exactly.
 
 Shape legend: b batch, t time, c channels, h hidden channels, k taps (0: earlier, 1: later), v vocab.
 """
@@ -10,7 +22,13 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from wavenet_conv.activations import tanh
 from wavenet_conv.data import IGNORE_INDEX
+
+
+def causal_pad(x, dilation):
+    """`dilation` copies of position 0 (the all-dot node) in front of each item: b c t -> b c (dilation + t)."""
+    return torch.cat([x[:, :, :1].expand(-1, -1, dilation), x], dim=2)
 
 
 class ConvLevel(nn.Module):
@@ -26,25 +44,27 @@ class ConvLevel(nn.Module):
         return self.conv.dilation[0]
 
     def forward(self, x, valid=None):
-        # time-major throughout: the kernel-2 convolution is one matmul over the concatenated taps
-        d = self.dilation
-        weight = rearrange(self.conv.weight, "h c k -> h (k c)")
-        h = F.linear(torch.cat([x[:, :-d], x[:, d:]], dim=-1), weight)  # b t c -> b (t - d) h
-        return torch.tanh(self.batch_norm(h, None if valid is None else valid[:, d:]))
+        """b c t -> b h t; valid (b t): the positions that count in training-mode statistics (None: all)."""
+        h = self.conv(self.left_pad(x))  # b c (d + t) -> b h t
+        return tanh(self.batch_norm(h, valid))
+
+    def left_pad(self, x):
+        return causal_pad(x, self.dilation)  # b c t -> b c (d + t)
 
     def batch_norm(self, h, valid):
-        """Training: statistics over the valid (b, t) positions only; eval: running statistics."""
+        if not self.training:
+            return self.bn(h)  # running statistics
         bn = self.bn
-        if self.training:
-            rows = h.reshape(-1, h.shape[-1]) if valid is None else h[valid]  # (b t) h, padding left out
-            mean, var = rows.mean(0), rows.var(0)  # unbiased, as the lecture's BatchNorm1d
-            with torch.no_grad():
-                bn.running_mean.mul_(1 - bn.momentum).add_(bn.momentum * mean)
-                bn.running_var.mul_(1 - bn.momentum).add_(bn.momentum * var)
-                bn.num_batches_tracked += 1
+        if valid is None:
+            var, mean = torch.var_mean(h, dim=(0, 2))  # unbiased, as the lecture's BatchNorm1d
         else:
-            mean, var = bn.running_mean, bn.running_var
-        return bn.weight * ((h - mean) / torch.sqrt(var + bn.eps)) + bn.bias
+            var, mean = torch.var_mean(rearrange(h, "b h t -> b t h")[valid], dim=0)  # (b t) h, padding left out
+        with torch.no_grad():
+            bn.running_mean.lerp_(mean, bn.momentum)
+            bn.running_var.lerp_(var, bn.momentum)
+            bn.num_batches_tracked += 1
+        scale = bn.weight * torch.rsqrt(var + bn.eps)  # h
+        return torch.addcmul((bn.bias - mean * scale)[:, None], h, scale[:, None])  # b h t
 
 
 class ConvWaveNet(nn.Module):
@@ -59,19 +79,16 @@ class ConvWaveNet(nn.Module):
         self.head = nn.Linear(config.n_hidden, config.vocab_size)  # position-wise output layer
 
     def forward(self, idx, targets=None):
-        """Logits at every position; logits[:, t] sees only idx[:, t - block_size + 1 .. t]."""
-        pad = self.config.block_size - 1
-        # before the start, the tree's windows hold '.' tokens: pad tokens, not activations
-        x = self.embedding(F.pad(idx, (pad, 0), value=0))  # b t -> b (pad + t) c
-        valid = None
-        if self.training and targets is not None:
-            # right padding (target -1) stays out of the batch statistics
-            valid = F.pad(targets != IGNORE_INDEX, (pad, 0), value=True)  # b (pad + t)
+        """idx (b t): items that start with '.', as pad_items makes them; targets (b t), -1 on right padding.
+
+        Logits (b t v) at every position; logits[:, t] sees only idx[:, t - block_size + 1 .. t], with '.'
+        before the item.
+        """
+        x = rearrange(self.embedding(idx), "b t c -> b c t")
+        valid = targets != IGNORE_INDEX if self.training and targets is not None else None  # b t
         for level in self.levels:
-            x = level(x, valid)  # each level shortens time by its dilation, pad in all
-            if valid is not None:
-                valid = valid[:, level.dilation :]
-        logits = self.head(x)  # b t v
+            x = level(x, valid)  # b c t -> b h t
+        logits = self.head(rearrange(x, "b h t -> b t h"))  # b t v
         loss = None
         if targets is not None:
             loss = F.cross_entropy(

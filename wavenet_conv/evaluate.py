@@ -1,5 +1,8 @@
 """Loss over whole splits in eval mode: the conv over whole items, the tree over windows, one number either way.
 
+The conv is evaluated in its inference form (FoldedConvWaveNet: batch norm folded into the convolutions),
+over items sorted by length so that batches carry little right padding.
+
 Every next-character prediction of a split counts once, so the conv over whole items and the tree over the
 split's build_windows windows give the same mean (the same model, converted), up to float rounding.
 
@@ -17,10 +20,9 @@ from wavenet_conv.checkpoint import load, model_type_of
 from wavenet_conv.data import DEFAULT_INPUT, IGNORE_INDEX, build_windows, encode_items, pad_items, read_words, split_words
 from wavenet_conv.device import DEVICE_CHOICES, resolve_device
 from wavenet_conv.errors import DatasetError, exit_on_user_error
-from wavenet_conv.packed import PackedConvWaveNet, packed_batch
+from wavenet_conv.folded import FoldedConvWaveNet
 
 BATCH_POSITIONS = 1 << 12  # positions (conv) or windows (tree) per batch: small enough to stay in cache
-PACKED_ITEMS = 1 << 12  # items per packed batch
 SPLIT_NAMES = ("train", "val", "test")
 
 
@@ -44,36 +46,25 @@ def window_batches(words, vocab, block_size, max_windows=BATCH_POSITIONS):
     return list(zip(X.split(max_windows), Y.split(max_windows)))
 
 
-def packed_batches(items, block_size, max_items=PACKED_ITEMS):
-    """[(PackedItems, targets p)]: each item's characters, then '.', in build_windows order."""
-    return [packed_batch(items[start : start + max_items], block_size) for start in range(0, len(items), max_items)]
-
-
 class SplitEvaluator:
     """The full-split loss of a model; the split's batches are built once and reused at every evaluation.
 
-    The conv runs in its packed form (no padding, each node once), or with packed=False over padded items;
-    the tree runs over windows.
+    The conv runs over whole items sorted by length, in its folded inference form; the tree over windows.
     """
 
-    def __init__(self, words, vocab, packed=True):
+    def __init__(self, words, vocab):
         self.words = words
         self.vocab = vocab
-        self.packed = packed
         self.batches = {}
 
     def batches_for(self, model_type, block_size, device):
         key = (model_type, block_size, str(device))
         if key not in self.batches:
-            if model_type == "conv" and self.packed:
-                batches = [(p.to(device), y.to(device))
-                           for p, y in packed_batches(encode_items(self.words, self.vocab), block_size)]
-            elif model_type == "conv":
-                batches = [(x.to(device), y.to(device)) for x, y in item_batches(encode_items(self.words, self.vocab))]
+            if model_type == "conv":
+                batches = item_batches(encode_items(self.words, self.vocab))
             else:
-                batches = [(x.to(device), y.to(device))
-                           for x, y in window_batches(self.words, self.vocab, block_size)]
-            self.batches[key] = batches
+                batches = window_batches(self.words, self.vocab, block_size)
+            self.batches[key] = [(x.to(device), y.to(device)) for x, y in batches]
         return self.batches[key]
 
     def loss(self, model):
@@ -81,17 +72,15 @@ class SplitEvaluator:
         device = next(model.parameters()).device
         model_type = model_type_of(model)
         batches = self.batches_for(model_type, model.config.block_size, device)
-        forward = PackedConvWaveNet(model) if model_type == "conv" and self.packed else model
         was_training = model.training
-        forward.eval()
+        model.eval()
         total, count = 0.0, 0
         try:
             with torch.inference_mode():
-                for inputs, y in batches:
-                    logits, _ = forward(inputs)
-                    if forward is not model:
-                        logits = logits[inputs.window_rows]  # r v -> p v: one row per prediction
-                    elif logits.ndim == 3:
+                forward = FoldedConvWaveNet(model) if model_type == "conv" else lambda x: model(x)[0]
+                for x, y in batches:
+                    logits = forward(x)
+                    if logits.ndim == 3:
                         logits, y = rearrange(logits, "b t v -> (b t) v"), rearrange(y, "b t -> (b t)")
                     total += F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX, reduction="sum").item()
                     count += int((y != IGNORE_INDEX).sum())

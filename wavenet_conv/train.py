@@ -36,12 +36,10 @@ from wavenet_conv.device import DEVICE_CHOICES, resolve_device
 from wavenet_conv.errors import CheckpointError, UserError, exit_on_user_error
 from wavenet_conv.evaluate import SPLIT_NAMES, SplitEvaluator, check_vocab
 from wavenet_conv.optimizers import AdamW, LectureSGD
-from wavenet_conv.packed import PackedConvWaveNet, packed_batch
 from wavenet_conv.recipes import DEFAULT_RECIPE, RECIPES, Recipe, get_recipe
 from wavenet_conv.tree import TreeWaveNet
 
 RESUME_NAME = "last.pt"
-PACKED = True  # train the conv through its packed form (the same function, faster); off: padded batches
 SAVE_EVERY_S = 60  # during a run, checkpoints are written at most this often (and always at its end or interruption)
 # flags that may change when a run is resumed; the others describe the run itself and must match its checkpoint
 RESUMABLE = ("max_steps", "epochs", "eval_interval", "log_interval")
@@ -179,8 +177,8 @@ class NameBatches:
     random (the default): every batch a uniform draw of names. bucketed: names of similar length together
     (data.bucketed_batches), which wastes no padding but, with batch norm, leaks: the statistics of a batch
     of equally long names tell the model where the names end, it learns to rely on that, and the eval-mode
-    loss suffers. Each batch is packed without padding (PackedItems: every node once, the all-dot node shared),
-    the same function as the padded ConvWaveNet, so random batches cost no padding either.
+    loss suffers. Random batches are padded on the right to their longest item; the padding is left out of the
+    loss and of the batch-norm statistics.
     """
 
     def __init__(self, items, batch_size, block_size, device, seed, bucketed=False):
@@ -230,17 +228,14 @@ class NameBatches:
 
 
 def make_name_batch(items, block_size, device):
-    """Packed items and their targets (each item's characters, then '.'), or right-padded x, y without packing."""
-    if not PACKED:
-        x, y = pad_items(items)
-        return x.to(device), y.to(device)
-    packed, targets = packed_batch(items, block_size)
-    return packed.to(device), targets.to(device)
+    """Right-padded whole items and their targets: x = [., w1 .. wL], y = [w1 .. wL, .], padding 0 and -1."""
+    x, y = pad_items(items)
+    return x.to(device), y.to(device)
 
 
 def training_forward(model):
-    """The module that computes a batch's loss: the packed form of a conv (same parameters) or the model itself."""
-    return PackedConvWaveNet(model) if PACKED and isinstance(model, ConvWaveNet) else model
+    """The module that computes a batch's loss: the model itself (the conv through its Conv1d levels)."""
+    return model
 
 
 # -------------------------------------------------------------------------------------------- optimizer
