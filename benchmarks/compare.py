@@ -55,7 +55,7 @@ FULL = {"block_sizes": [8, 16, 32], "eval_batch_sizes": [256, 512, 1024, 2048, 4
 FULL_CUDA = FULL | {"eval_batch_sizes": [4096, 16384, 65536], "train_batch_sizes": [1024, 4096, 16384, 65536],
                     "train_predictions": 262144, "loop_windows": 500, "peak_size": 8192}
 QUICK = {"block_sizes": [8], "eval_batch_sizes": [1024], "train_batch_sizes": [1024], "train_predictions": 2048,
-         "loop_windows": 256, "min_run_time": 0.05, "rounds": 1, "peak_size": 512, "eval_items": 500}
+         "loop_windows": 256, "min_run_time": 0.1, "rounds": 3, "peak_size": 512, "eval_items": 500}
 
 
 class AgreementError(AssertionError):

@@ -31,6 +31,9 @@ def causal_pad(x, dilation):
     return torch.cat([x[:, :, :1].expand(-1, -1, dilation), x], dim=2)
 
 
+LENGTH_GROUPS = 8  # a training batch runs as this many groups of items of similar length
+
+
 class ConvLevel(nn.Module):
     """One tree level: a kernel-2 causal convolution at dilation 2**level, batch norm, tanh."""
 
@@ -43,28 +46,35 @@ class ConvLevel(nn.Module):
     def dilation(self):
         return self.conv.dilation[0]
 
-    def forward(self, x, valid=None):
-        """b c t -> b h t; valid (b t): the positions that count in training-mode statistics (None: all)."""
-        h = self.conv(self.left_pad(x))  # b c (d + t) -> b h t
-        return tanh(self.batch_norm(h, valid))
+    def forward(self, groups, valid=None):
+        """[b c t] -> [b h t], one tensor per group of items; the groups share the batch statistics.
+
+        valid: [b t] bools per group, the positions that count in training-mode statistics (None: all).
+        """
+        hs = [self.conv(self.left_pad(x)) for x in groups]  # b c (d + t) -> b h t
+        scale, shift = self.normalization(hs, valid)
+        return [tanh(torch.addcmul(shift, h, scale)) for h in hs]
 
     def left_pad(self, x):
         return causal_pad(x, self.dilation)  # b c t -> b c (d + t)
 
-    def batch_norm(self, h, valid):
-        if not self.training:
-            return self.bn(h)  # running statistics
+    def normalization(self, hs, valid):
+        """Batch norm as (scale, shift), each h 1: running statistics in eval mode, the batch's in training."""
         bn = self.bn
-        if valid is None:
-            var, mean = torch.var_mean(h, dim=(0, 2))  # unbiased, as the lecture's BatchNorm1d
+        if self.training:
+            rows = torch.cat([rearrange(h, "b h t -> (b t) h") if valid is None else
+                              rearrange(h, "b h t -> b t h")[v] for h, v in zip(hs, valid or hs)])  # n h
+            mean = rows.mean(0)
+            centered = rows - mean
+            var = (centered * centered).sum(0) / (len(rows) - 1)  # unbiased, as the lecture's BatchNorm1d
+            with torch.no_grad():
+                bn.running_mean.lerp_(mean, bn.momentum)
+                bn.running_var.lerp_(var, bn.momentum)
+                bn.num_batches_tracked += 1
         else:
-            var, mean = torch.var_mean(rearrange(h, "b h t -> b t h")[valid], dim=0)  # (b t) h, padding left out
-        with torch.no_grad():
-            bn.running_mean.lerp_(mean, bn.momentum)
-            bn.running_var.lerp_(var, bn.momentum)
-            bn.num_batches_tracked += 1
+            mean, var = bn.running_mean, bn.running_var
         scale = bn.weight * torch.rsqrt(var + bn.eps)  # h
-        return torch.addcmul((bn.bias - mean * scale)[:, None], h, scale[:, None])  # b h t
+        return scale[:, None], (bn.bias - mean * scale)[:, None]
 
 
 class ConvWaveNet(nn.Module):
@@ -82,13 +92,29 @@ class ConvWaveNet(nn.Module):
         """idx (b t): items that start with '.', as pad_items makes them; targets (b t), -1 on right padding.
 
         Logits (b t v) at every position; logits[:, t] sees only idx[:, t - block_size + 1 .. t], with '.'
-        before the item.
+        before the item. In training with targets, the items run as groups of similar length, each cut to its
+        longest item, so that right padding costs little; the groups share the batch-norm statistics, so this
+        is the same function as the whole padded batch (positions past a group's length get logits 0).
         """
-        x = rearrange(self.embedding(idx), "b t c -> b c t")
-        valid = targets != IGNORE_INDEX if self.training and targets is not None else None  # b t
+        b, t = idx.shape
+        valid = None  # right padding stays out of the training statistics
+        if self.training and targets is not None:
+            valid = targets != IGNORE_INDEX  # b t
+            rows = length_groups(valid.sum(1), LENGTH_GROUPS)  # [(item indices, their longest length)]
+        else:
+            rows = [(None, t)]
+        idx_groups = [idx[:, :t] if r is None else idx[r, :t] for r, t in rows]
+        valid_groups = None if valid is None else [valid[r, :t] for r, t in rows]
+        xs = [rearrange(self.embedding(g), "b t c -> b c t") for g in idx_groups]
         for level in self.levels:
-            x = level(x, valid)  # b c t -> b h t
-        logits = self.head(rearrange(x, "b h t -> b t h"))  # b t v
+            xs = level(xs, valid_groups)  # [b c t] -> [b h t]
+        outs = [self.head(rearrange(x, "b h t -> b t h")) for x in xs]  # [b t v]
+        if rows[0][0] is None:
+            logits = outs[0]
+        else:
+            logits = outs[0].new_zeros(b, t, self.config.vocab_size)
+            for (r, length), out in zip(rows, outs):
+                logits[r, :length] = out
         loss = None
         if targets is not None:
             loss = F.cross_entropy(
@@ -131,3 +157,11 @@ class ConvWaveNet(nn.Module):
             tree.head.weight.copy_(rearrange(self.head.weight, "v h -> h v"))
             tree.head.bias.copy_(self.head.bias)
         return tree.train(self.training)
+
+
+def length_groups(lengths, n_groups):
+    """Items sorted by length, cut into up to n_groups groups of about equal size: [(indices, longest length)]."""
+    order = torch.argsort(lengths)
+    groups = [g for g in torch.tensor_split(order, min(n_groups, len(order))) if len(g)]
+    longest = torch.stack([lengths[g[-1]] for g in groups]).tolist()  # one sync for all groups
+    return [(g, max(1, n)) for g, n in zip(groups, longest)]
