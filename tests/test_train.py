@@ -9,8 +9,11 @@ import pytest
 import torch
 
 import wavenet_conv
-from wavenet_conv import train
+from wavenet_conv import batches, train
 from wavenet_conv.checkpoint import load_checkpoint
+from wavenet_conv.optimization import learning_rate_multiplier, make_optimizer, make_scheduler
+from wavenet_conv.recipes import get_recipe
+from wavenet_conv.trainer import Trainer, count_parameters
 
 TINY = ["--n-embd", "4", "--n-hidden", "12", "--block-size", "4", "--batch-size", "16", "--eval-interval", "10",
         "--log-interval", "10", "--num-samples", "6", "--threads", "1"]
@@ -155,7 +158,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, words_
     assert run([*args, "-o", whole], capsys)[0] == 0
 
     # step 17: mid-epoch (20 batches of 16 names) and between evaluations
-    monkeypatch.setattr(train.Trainer, "after_step", interrupt_at(17, signum))
+    monkeypatch.setattr(Trainer, "after_step", interrupt_at(17, signum))
     code, out, _ = run([*args, "-o", parts], capsys)
     assert code == 128 + signum
     assert "--resume" in out
@@ -182,7 +185,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, words_file,
             with torch.no_grad():
                 self.model.head.weight.fill_(float("nan"))
 
-    monkeypatch.setattr(train.Trainer, "after_step", poison)
+    monkeypatch.setattr(Trainer, "after_step", poison)
     code, _, err = run(["-i", words_file, "-o", tmp_path / "run", "--max-steps", 40, *TINY], capsys)
     assert code == 2
     assert err.startswith("error: ") and "nan" in err and "Traceback" not in err
@@ -196,18 +199,28 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, words_file,
 
 def test_lecture_recipe_first_loss(names_path, tmp_path, capsys):
     """makemore part 5's first logged loss: torch.manual_seed(42), the tree, its first random batch."""
-    trainer = train.Trainer(train.get_recipe("lecture"), *train.load_data(names_path), torch.device("cpu"), 42,
-                            tmp_path, started=0.0)
-    assert train.count_parameters(trainer.model) == 76_579
-    loss, lr = trainer.train_step(0)
+    trainer = Trainer(get_recipe("lecture"), *train.load_data(names_path), torch.device("cpu"), 42, tmp_path,
+                      started=0.0)
+    assert count_parameters(trainer.model) == 76_579
+    assert isinstance(trainer.optimizer, torch.optim.SGD)
+    loss = trainer.train_step()
     assert f"{loss:.4f}" == "3.3167"
-    assert lr == 0.1
+    assert trainer.lr == 0.1
 
 
 def test_lecture_schedule():
-    recipe = train.get_recipe("lecture")
-    assert [train.learning_rate_at(i, recipe, 200_000) for i in (0, 149_999, 150_000, 199_999)] == [0.1, 0.1, 0.01,
-                                                                                                     0.01]
+    """`lr = 0.1 if i < 150000 else 0.01`: the scheduler's rate for each step, as the float32 kernels see it."""
+    recipe = get_recipe("lecture")
+    assert [learning_rate_multiplier(i, recipe, 200_000) for i in (0, 149_999, 150_000, 199_999)] == [1, 1, 0.1, 0.1]
+    optimizer = make_optimizer(recipe, torch.nn.Linear(2, 2))
+    scheduler = make_scheduler(optimizer, recipe, max_steps=8)  # the drop at int(0.75 * 8) = 6
+    rates = []
+    for _ in range(8):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    as_float32 = torch.tensor(rates, dtype=torch.float32)
+    assert torch.equal(as_float32, torch.tensor([0.1] * 6 + [0.01] * 2, dtype=torch.float32))
 
 
 # ------------------------------------------------------------------------------------------ bad input
@@ -265,7 +278,7 @@ def test_packed_and_padded_training_agree(tmp_path, words_file, monkeypatch, cap
     """The conv trains through its packed form: the same function as the padded batches."""
     args = ["-i", words_file, "--max-steps", 20, *TINY]
     assert run([*args, "-o", tmp_path / "packed"], capsys)[0] == 0
-    monkeypatch.setattr(train, "PACKED", False)
+    monkeypatch.setattr(batches, "PACKED", False)
     assert run([*args, "-o", tmp_path / "padded"], capsys)[0] == 0
     packed, padded = (load_checkpoint(tmp_path / name / "last.pt")["model"] for name in ("packed", "padded"))
     for key in packed:

@@ -1,0 +1,55 @@
+"""The recipes' optimizers and learning-rate schedules, from torch.optim and torch.optim.lr_scheduler.
+
+The lecture: torch.optim.SGD without momentum, whose update is the lecture's `p.data += -lr * p.grad` up to
+float rounding (SGD computes it as one fused multiply-add). The whole-name recipes: torch.optim.AdamW with
+decoupled weight decay on the matrices only. A LambdaLR scales the recipe's learning rate at every step; the
+optimizer's and the scheduler's state_dicts go into the checkpoint, so a resumed run takes the same steps.
+"""
+import math
+
+import torch
+
+from wavenet_conv.errors import UserError
+
+
+def make_optimizer(recipe, model):
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=recipe.learning_rate, momentum=0.0)
+    if recipe.optimizer == "adamw":
+        # decay the matrices only: embeddings, biases and batch-norm gains are not shrunk
+        decayed = {name for name, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in name}
+        groups = [
+            {"params": [p for name, p in model.named_parameters() if name in decayed], "weight_decay": recipe.weight_decay},
+            {"params": [p for name, p in model.named_parameters() if name not in decayed], "weight_decay": 0.0},
+        ]
+        return fused_adamw(groups, lr=recipe.learning_rate, betas=tuple(recipe.betas))
+    raise UserError(f"unknown optimizer {recipe.optimizer!r}")
+
+
+def fused_adamw(groups, **settings):
+    """AdamW's fused kernel where torch has one for the parameters' device (CUDA; CPU since torch 2.4)."""
+    try:
+        return torch.optim.AdamW(groups, fused=True, **settings)
+    except RuntimeError:  # no fused kernel for this device: torch picks foreach where it can
+        return torch.optim.AdamW(groups, **settings)
+
+
+def learning_rate_multiplier(step, recipe, max_steps):
+    """The factor on recipe.learning_rate for `step`, the 0-based index of the step about to be taken."""
+    if recipe.schedule == "step":
+        # the lecture: `lr = 0.1 if i < 150000 else 0.01` over 200,000 steps
+        return 1.0 if step < int(0.75 * max_steps) else 0.1
+    if recipe.schedule == "cosine":
+        warmup = int(recipe.warmup_fraction * max_steps)
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, max_steps - warmup)
+        floor = recipe.final_lr_fraction
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    raise UserError(f"unknown learning-rate schedule {recipe.schedule!r}")
+
+
+def make_scheduler(optimizer, recipe, max_steps):
+    """A LambdaLR whose lr for step i is recipe.learning_rate * learning_rate_multiplier(i); step it after each step."""
+    learning_rate_multiplier(0, recipe, max_steps)  # an unknown schedule is a user error now, not at the first step
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_multiplier(step, recipe, max_steps))
