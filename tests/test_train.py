@@ -4,17 +4,23 @@ import math
 import os
 import random
 import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
 import wavenet_conv
 from wavenet_conv import batches, train
+from wavenet_conv import trainer as trainer_module
 from wavenet_conv.checkpoint import load_checkpoint
 from wavenet_conv.optimization import learning_rate_multiplier, make_optimizer, make_scheduler
 from wavenet_conv.recipes import get_recipe
 from wavenet_conv.trainer import Trainer, count_parameters
 
+REPO = Path(__file__).resolve().parents[1]
 TINY = ["--n-embd", "4", "--n-hidden", "12", "--block-size", "4", "--batch-size", "16", "--eval-interval", "10",
         "--log-interval", "10", "--num-samples", "6", "--threads", "1"]
 OUTPUTS = ("model.pt", "last.pt", "metrics.jsonl", "summary.json", "loss.png", "samples.txt")
@@ -57,10 +63,20 @@ def interrupt_at(step, signum):
     return after_step
 
 
-def assert_same_state(a, b):
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+def assert_same(a, b, where="checkpoint"):
+    """Nested dicts, lists and tensors equal exactly."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_same(a[key], b[key], f"{where}[{key!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    elif torch.is_tensor(a):
+        assert torch.equal(a, b), where
+    else:
+        assert a == b, where
 
 
 # ------------------------------------------------------------------------------------------- learning
@@ -168,8 +184,8 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, words_
 
     for name in ("last.pt", "model.pt"):
         a, b = load_checkpoint(whole / name), load_checkpoint(parts / name)
-        assert a["step"] == b["step"]
-        assert_same_state(a["model"], b["model"])
+        for key in ("step", "model", "optimizer", "scheduler", "rng", "train_losses", "val_points"):
+            assert_same(a[key], b[key], f"{name}[{key!r}]")
     strip = lambda path: [{k: v for k, v in json.loads(line).items() if k != "elapsed"}  # noqa: E731
                           for line in path.read_text().splitlines()]
     assert strip(whole / "metrics.jsonl") == strip(parts / "metrics.jsonl")
@@ -177,6 +193,71 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, words_
     summary_b = json.loads((parts / "summary.json").read_text())
     for key in ("train_loss", "val_loss", "test_loss", "steps"):
         assert summary_a[key] == summary_b[key]
+
+
+def test_checkpoints_after_the_first_step_at_each_best_and_on_time(tmp_path, words_file, monkeypatch, capsys):
+    """last.pt after step 1, then only every SAVE_EVERY_S seconds; model.pt at every new best validation."""
+    def after_step(self):
+        model_pt = self.work_dir / "model.pt"
+        seen.append((load_checkpoint(self.work_dir / "last.pt")["step"],
+                     load_checkpoint(model_pt)["step"] if model_pt.exists() else None, self.best_step))
+
+    monkeypatch.setattr(Trainer, "after_step", after_step)
+    for every_s, last_pt_steps in ((1e9, [1] * 25), (0, list(range(1, 26)))):
+        seen = []
+        monkeypatch.setattr(trainer_module, "SAVE_EVERY_S", every_s)
+        assert run(["-i", words_file, "-o", tmp_path / str(every_s), "--max-steps", 25, *TINY], capsys)[0] == 0
+        assert [last for last, _, _ in seen] == last_pt_steps
+        assert [best for _, best, _ in seen] == [None] * 9 + [best for _, _, best in seen[9:]]
+        assert seen[9][2] == 10  # the first validation is a best
+
+
+def test_on_validation_hook(tmp_path, words_file, capsys):
+    """Called after every full validation; what it raises comes out of main as is, with last.pt written."""
+    class Pruned(Exception):
+        pass
+
+    calls = []
+
+    def on_validation(step, val_loss):
+        calls.append((step, val_loss))
+        if step == 20:
+            raise Pruned
+
+    args = ["-i", words_file, "-o", tmp_path / "run", "--max-steps", 45, *TINY]
+    with pytest.raises(Pruned):
+        train.main([str(a) for a in args], on_validation=on_validation)
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert calls == [(m["step"], m["loss"]) for m in metrics if m["split"] == "val"]
+    assert [step for step, _ in calls] == [10, 20]
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 20
+    assert run([*args, "--resume"], capsys)[0] == 0
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 45
+
+
+def test_kill_9_leaves_a_checkpoint_that_resumes(tmp_path, words_file, capsys):
+    """SIGKILL the command as soon as its first checkpoint exists: last.pt loads (weights_only) and --resume goes on."""
+    work_dir = tmp_path / "run"
+    args = ["-i", words_file, "-o", work_dir, *TINY]
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    command = subprocess.Popen([sys.executable, "-m", "wavenet_conv.train", *map(str, args), "--max-steps", "1000000"],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (work_dir / "last.pt").exists():
+            assert command.poll() is None, command.stderr.read().decode()
+            assert time.monotonic() < deadline, "no checkpoint after 120 s"
+            time.sleep(0.01)
+    finally:
+        command.kill()
+        command.wait()
+    assert command.returncode == -signal.SIGKILL
+    state = load_checkpoint(work_dir / "last.pt")  # weights_only=True
+    assert state["step"] >= 1 and "scheduler" in state
+    steps = state["step"] + 12
+    assert run([*args, "--resume", "--max-steps", steps], capsys)[0] == 0
+    assert json.loads((work_dir / "summary.json").read_text())["steps"] == steps
+    assert not list(work_dir.glob(".*.tmp"))
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, words_file, monkeypatch, capsys):
