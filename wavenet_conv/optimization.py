@@ -17,11 +17,10 @@ def make_optimizer(recipe, model):
         return torch.optim.SGD(model.parameters(), lr=recipe.learning_rate, momentum=0.0)
     if recipe.optimizer == "adamw":
         # decay the matrices only: embeddings, biases and batch-norm gains are not shrunk
-        decayed = {name for name, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in name}
-        groups = [
-            {"params": [p for name, p in model.named_parameters() if name in decayed], "weight_decay": recipe.weight_decay},
-            {"params": [p for name, p in model.named_parameters() if name not in decayed], "weight_decay": 0.0},
-        ]
+        named = list(model.named_parameters())
+        decayed = [p for name, p in named if p.ndim >= 2 and "embedding" not in name]
+        others = [p for name, p in named if not (p.ndim >= 2 and "embedding" not in name)]
+        groups = [{"params": decayed, "weight_decay": recipe.weight_decay}, {"params": others, "weight_decay": 0.0}]
         return fused_adamw(groups, lr=recipe.learning_rate, betas=tuple(recipe.betas))
     raise UserError(f"unknown optimizer {recipe.optimizer!r}")
 

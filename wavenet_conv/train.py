@@ -9,6 +9,9 @@
 The work dir gets model.pt (the best-validation checkpoint, or the last one for the lecture recipe, which
 reports its final model), last.pt (the latest state: what --resume continues), metrics.jsonl, summary.json,
 loss.png and samples.txt.
+
+This file is the command line: flags, the run's plan (a recipe, or the checkpoint to resume) and the summary.
+The loop is trainer.py, the batches batches.py, the optimizers and schedules optimization.py.
 """
 import argparse
 import json
@@ -53,7 +56,8 @@ COMMAND_STARTED = None  # set when run as a command; in-process callers time fro
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description="Train a WaveNet (makemore part 5) as the lecture's tree or as the conv.")
-    parser.add_argument("--input-file", "-i", default=DEFAULT_INPUT, help="input file with one item (name) per line")
+    parser.add_argument("--input-file", "-i", default=DEFAULT_INPUT,
+                        help="input file with one item (name) per line (default: data/names.txt, shipped in the repository)")
     parser.add_argument("--work-dir", "-o", default="out", help="output working directory")
     parser.add_argument("--model", choices=("conv", "tree"), default=None,
                         help="conv: whole names, every position at once; tree: the lecture's windows (default: the recipe's)")

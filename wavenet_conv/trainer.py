@@ -250,8 +250,8 @@ class Trainer:
 
     def progress_bar(self):
         """Steps, time left, loss and names (or windows) per second; hidden when the output is not a terminal."""
-        return tqdm(total=self.max_steps, initial=self.step, unit="step", disable=not output_is_terminal(), dynamic_ncols=True,
-                    leave=False)
+        return tqdm(total=self.max_steps, initial=self.step, unit="step", disable=not output_is_terminal(),
+                    dynamic_ncols=True, leave=False)
 
     def run(self):
         """Train to max_steps (or the target); returns the signal number that stopped the run, or None."""
