@@ -319,8 +319,15 @@ def assert_user_error(result, *words):
 def test_bad_dataset(tmp_path, capsys):
     assert_user_error(run(["-i", tmp_path / "missing.txt", "-o", tmp_path / "run"], capsys), "does not exist")
     empty = tmp_path / "empty.txt"
-    empty.write_text("\n\n")
+    empty.write_text("")
     assert_user_error(run(["-i", empty, "-o", tmp_path / "run"], capsys), "no items")
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n  \n\t\n")
+    assert_user_error(run(["-i", blank, "-o", tmp_path / "run"], capsys), "no items")
+    binary = tmp_path / "binary.bin"
+    binary.write_bytes(bytes(range(256)))
+    assert_user_error(run(["-i", binary, "-o", tmp_path / "run"], capsys), "not UTF-8")
+    assert_user_error(run(["-i", tmp_path, "-o", tmp_path / "run"], capsys), "is a directory")
 
 
 def test_missing_or_corrupt_checkpoint(tmp_path, words_file, capsys):
