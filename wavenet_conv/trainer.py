@@ -4,8 +4,8 @@ Checkpoints, so that a `kill -9` at any moment leaves one to --resume: last.pt a
 least every SAVE_EVERY_S seconds, at the end and on Ctrl-C / SIGTERM; model.pt (the kept model, with the same
 training state) at every new best validation, or with last.pt when the recipe keeps the last weights. Each
 file is written atomically (checkpoint.save_checkpoint); a save costs ~15 ms, too much to write both files at
-every one of the fast recipe's validations. A resumed run restores weights, optimizer,
-scheduler, RNG and batch position, and takes exactly the steps the uninterrupted run would have taken.
+every one of the fast recipe's validations. A resumed run restores weights, optimizer, scheduler, RNG and
+batch position, and takes exactly the steps the uninterrupted run would have taken.
 """
 import json
 import math
