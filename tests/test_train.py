@@ -196,19 +196,22 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, words_
 
 
 def test_checkpoints_after_the_first_step_at_each_best_and_on_time(tmp_path, words_file, monkeypatch, capsys):
-    """last.pt after step 1, then only every SAVE_EVERY_S seconds; model.pt at every new best validation."""
+    """last.pt after step 1, at every new best validation and every SAVE_EVERY_S seconds; model.pt at every best."""
     def after_step(self):
         model_pt = self.work_dir / "model.pt"
         seen.append((load_checkpoint(self.work_dir / "last.pt")["step"],
                      load_checkpoint(model_pt)["step"] if model_pt.exists() else None, self.best_step))
 
     monkeypatch.setattr(Trainer, "after_step", after_step)
-    for every_s, last_pt_steps in ((1e9, [1] * 25), (0, list(range(1, 26)))):
+    for every_s in (1e9, 0):
         seen = []
         monkeypatch.setattr(trainer_module, "SAVE_EVERY_S", every_s)
         assert run(["-i", words_file, "-o", tmp_path / str(every_s), "--max-steps", 25, *TINY], capsys)[0] == 0
-        assert [last for last, _, _ in seen] == last_pt_steps
-        assert [best for _, best, _ in seen] == [None] * 9 + [best for _, _, best in seen[9:]]
+        if every_s:
+            assert [last for last, _, _ in seen] == [best or 1 for _, _, best in seen]
+        else:
+            assert [last for last, _, _ in seen] == list(range(1, 26))
+        assert [model_pt for _, model_pt, _ in seen] == [best for _, _, best in seen]
         assert seen[9][2] == 10  # the first validation is a best
 
 

@@ -1,6 +1,7 @@
 """Checkpoints: tensors plus a plain-dict config, written atomically, loaded without running code."""
 import os
 import pickle
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -59,6 +60,29 @@ def save_checkpoint(path, model, vocab, **extra):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+    sync_directory(path.parent)
+    return path
+
+
+def link_checkpoint(source, path):
+    """Make `path` name the same checkpoint as `source` (a hard link, or a copy where links are not allowed), atomically.
+
+    save_checkpoint never rewrites a file in place, so the two names stay the same checkpoint until either is
+    replaced; linking costs nothing, writing the checkpoint again ~15 ms.
+    """
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     sync_directory(path.parent)
     return path
 

@@ -1,11 +1,11 @@
 """The training loop of one run: steps, the evaluation schedule, checkpoints, signals and progress.
 
-Checkpoints, so that a `kill -9` at any moment leaves one to --resume: last.pt after the first step, then at
-least every SAVE_EVERY_S seconds, at the end and on Ctrl-C / SIGTERM; model.pt (the kept model, with the same
-training state) at every new best validation, or with last.pt when the recipe keeps the last weights. Each
-file is written atomically (checkpoint.save_checkpoint); a save costs ~15 ms, too much to write both files at
-every one of the fast recipe's validations. A resumed run restores weights, optimizer, scheduler, RNG and
-batch position, and takes exactly the steps the uninterrupted run would have taken.
+Checkpoints, so that a `kill -9` at any moment leaves one to --resume: last.pt after the first step, at every
+new best validation, at least every SAVE_EVERY_S seconds, at the end and on Ctrl-C / SIGTERM. model.pt, the
+kept model, is a second name for last.pt at each new best validation (or at every save when the recipe keeps
+its last weights). Each file is written atomically (checkpoint.save_checkpoint). A resumed run restores
+weights, optimizer, scheduler, RNG and batch position, and takes exactly the steps the uninterrupted run
+would have taken.
 """
 import json
 import math
@@ -19,7 +19,9 @@ import torch
 from tqdm import tqdm
 
 from wavenet_conv.batches import training_batches, training_forward
-from wavenet_conv.checkpoint import CHECKPOINT_NAME, load_checkpoint, model_from_checkpoint, save_checkpoint
+from wavenet_conv.checkpoint import (
+    CHECKPOINT_NAME, link_checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint,
+)
 from wavenet_conv.config import ModelConfig
 from wavenet_conv.conv import ConvWaveNet
 from wavenet_conv.errors import CheckpointError, UserError
@@ -148,22 +150,13 @@ class Trainer:
             "seconds": self.elapsed(), "seconds_to_target": self.seconds_to_target,
         }
 
-    def save(self):
-        """last.pt, the state --resume continues; model.pt with it when the recipe keeps the last weights."""
-        self.write(RESUME_NAME)
-        if self.recipe.select == "last":
-            self.write(CHECKPOINT_NAME)
+    def save(self, best=False):
+        """last.pt, the state --resume continues; model.pt names the same file at a new best validation, or at
+        every save when the recipe keeps its last weights."""
+        saved = save_checkpoint(self.work_dir / RESUME_NAME, self.model, self.vocab, **self.checkpoint_extra())
+        if best or self.recipe.select == "last":
+            link_checkpoint(saved, self.work_dir / CHECKPOINT_NAME)
         self.last_saved = time.monotonic()
-
-    def save_best(self):
-        """At a new best validation: model.pt, when the recipe keeps the best weights; otherwise both files."""
-        if self.recipe.select == "best":
-            self.write(CHECKPOINT_NAME)
-        else:
-            self.save()
-
-    def write(self, name):
-        save_checkpoint(self.work_dir / name, self.model, self.vocab, **self.checkpoint_extra())
 
     def restore(self, state):
         """Continue from a last.pt: weights, optimizer, scheduler, RNG and batch position, logs so far."""
@@ -239,7 +232,7 @@ class Trainer:
         tqdm.write(f"step {self.step:7d}/{self.max_steps:7d}: val {val:.4f}{note} | lr {self.lr:.3g} | "
                    f"{self.elapsed():.1f} s")
         if improved:
-            self.save_best()
+            self.save(best=True)
         if self.on_validation is not None:
             try:
                 self.on_validation(self.step, val)
