@@ -15,10 +15,13 @@ import torch
 import wavenet_conv
 from wavenet_conv import batches, train
 from wavenet_conv import trainer as trainer_module
-from wavenet_conv.checkpoint import load_checkpoint
+from wavenet_conv.checkpoint import link_checkpoint, load_checkpoint, save_checkpoint
+from wavenet_conv.config import ModelConfig
+from wavenet_conv.data import Vocab
 from wavenet_conv.optimization import learning_rate_multiplier, make_optimizer, make_scheduler
 from wavenet_conv.recipes import get_recipe
 from wavenet_conv.trainer import Trainer, count_parameters
+from wavenet_conv.tree import TreeWaveNet
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--n-embd", "4", "--n-hidden", "12", "--block-size", "4", "--batch-size", "16", "--eval-interval", "10",
@@ -213,6 +216,25 @@ def test_checkpoints_after_the_first_step_at_each_best_and_on_time(tmp_path, wor
             assert [last for last, _, _ in seen] == list(range(1, 26))
         assert [model_pt for _, model_pt, _ in seen] == [best for _, _, best in seen]
         assert seen[9][2] == 10  # the first validation is a best
+
+
+@pytest.mark.parametrize("links", [True, False])
+def test_link_checkpoint_names_the_same_checkpoint(tmp_path, monkeypatch, links):
+    """A hard link where the file system allows one, else a copy; the old file under the name is replaced whole."""
+    def refuse(*args):
+        raise OSError("no hard links on this file system")
+
+    if not links:
+        monkeypatch.setattr(os, "link", refuse)
+    tree = TreeWaveNet(ModelConfig(vocab_size=5, block_size=2, n_embd=2, n_hidden=3))
+    vocab = Vocab((".", "a", "b", "c", "d"))
+    source = save_checkpoint(tmp_path / "last.pt", tree, vocab, step=7)
+    (tmp_path / "model.pt").write_bytes(b"an older checkpoint")
+    link_checkpoint(source, tmp_path / "model.pt")
+    assert (tmp_path / "model.pt").read_bytes() == source.read_bytes()
+    assert os.path.samefile(source, tmp_path / "model.pt") == links
+    assert load_checkpoint(tmp_path / "model.pt")["step"] == 7
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "model.pt"]
 
 
 def test_on_validation_hook(tmp_path, words_file, capsys):
