@@ -237,12 +237,19 @@ def test_link_checkpoint_names_the_same_checkpoint(tmp_path, monkeypatch, links)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "model.pt"]
 
 
-def test_on_validation_hook(tmp_path, words_file, capsys):
+def test_on_validation_hook(tmp_path, words_file, monkeypatch, capsys):
     """Called after every full validation; what it raises comes out of main as is, with last.pt written."""
     class Pruned(Exception):
         pass
 
-    calls = []
+    calls, saves = [], []
+    save = Trainer.save
+
+    def recorded_save(self, best=False):
+        saves.append((self.step, best))
+        save(self, best)
+
+    monkeypatch.setattr(Trainer, "save", recorded_save)
 
     def on_validation(step, val_loss):
         calls.append((step, val_loss))
@@ -255,7 +262,9 @@ def test_on_validation_hook(tmp_path, words_file, capsys):
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert calls == [(m["step"], m["loss"]) for m in metrics if m["split"] == "val"]
     assert [step for step, _ in calls] == [10, 20]
+    assert saves[-1] == (20, False)  # the save after the hook raised
     assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 20
+    monkeypatch.undo()
     assert run([*args, "--resume"], capsys)[0] == 0
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 45
 
