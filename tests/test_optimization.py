@@ -43,6 +43,14 @@ def test_adamw_decays_the_matrices_only():
     assert all(p.ndim >= 2 and "embedding" not in names[p] for p in decayed["params"])
     assert {names[p] for p in plain["params"]} >= {"embedding.weight", "head.bias"}
     assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))
+    assert optimizer.defaults["foreach"] and not optimizer.defaults["fused"]  # on the CPU: foreach, the loop's arithmetic
+
+
+@pytest.mark.cuda
+def test_adamw_is_fused_on_cuda():
+    model, _ = model_and_batches()
+    optimizer = make_optimizer(get_recipe("fast"), model.cuda())
+    assert optimizer.defaults["fused"]
 
 
 def test_lecture_sgd_is_the_lecture_update():
