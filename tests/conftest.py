@@ -52,7 +52,7 @@ def find_names_file(candidates=NAMES_CANDIDATES):
             return path
     pytest.fail(
         "names.txt not found at " + " or ".join(str(p) for p in candidates)
-        + "; get it with `python -m wavenet_conv.data --download` (or copy ../shared/data/names.txt to data/)",
+        + "; it ships in the repository (`git checkout -- data/names.txt`), or `python -m wavenet_conv.data --download`",
         pytrace=False,
     )
 

@@ -187,6 +187,13 @@ def test_cli_bad_input_exits_2_without_traceback(tmp_path, capsys, kind):
     assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
 
 
+def test_missing_default_input_says_it_ships_with_the_repository(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no data/ here
+    with pytest.raises(DatasetError) as error:
+        read_words()
+    assert "ships in the repository" in str(error.value) and "--download" not in str(error.value)
+
+
 def test_cli_subprocess_bad_input_exits_2_without_traceback(tmp_path):
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
     result = subprocess.run(

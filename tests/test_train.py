@@ -4,14 +4,26 @@ import math
 import os
 import random
 import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
 import wavenet_conv
-from wavenet_conv import train
-from wavenet_conv.checkpoint import load_checkpoint
+from wavenet_conv import batches, train
+from wavenet_conv import trainer as trainer_module
+from wavenet_conv.checkpoint import link_checkpoint, load_checkpoint, save_checkpoint
+from wavenet_conv.config import ModelConfig
+from wavenet_conv.data import Vocab
+from wavenet_conv.optimization import learning_rate_multiplier, make_optimizer, make_scheduler
+from wavenet_conv.recipes import get_recipe
+from wavenet_conv.trainer import Trainer, count_parameters
+from wavenet_conv.tree import TreeWaveNet
 
+REPO = Path(__file__).resolve().parents[1]
 TINY = ["--n-embd", "4", "--n-hidden", "12", "--block-size", "4", "--batch-size", "16", "--eval-interval", "10",
         "--log-interval", "10", "--num-samples", "6", "--threads", "1"]
 OUTPUTS = ("model.pt", "last.pt", "metrics.jsonl", "summary.json", "loss.png", "samples.txt")
@@ -54,10 +66,20 @@ def interrupt_at(step, signum):
     return after_step
 
 
-def assert_same_state(a, b):
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+def assert_same(a, b, where="checkpoint"):
+    """Nested dicts, lists and tensors equal exactly."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_same(a[key], b[key], f"{where}[{key!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    elif torch.is_tensor(a):
+        assert torch.equal(a, b), where
+    else:
+        assert a == b, where
 
 
 # ------------------------------------------------------------------------------------------- learning
@@ -155,7 +177,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, words_
     assert run([*args, "-o", whole], capsys)[0] == 0
 
     # step 17: mid-epoch (20 batches of 16 names) and between evaluations
-    monkeypatch.setattr(train.Trainer, "after_step", interrupt_at(17, signum))
+    monkeypatch.setattr(Trainer, "after_step", interrupt_at(17, signum))
     code, out, _ = run([*args, "-o", parts], capsys)
     assert code == 128 + signum
     assert "--resume" in out
@@ -165,8 +187,8 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, words_
 
     for name in ("last.pt", "model.pt"):
         a, b = load_checkpoint(whole / name), load_checkpoint(parts / name)
-        assert a["step"] == b["step"]
-        assert_same_state(a["model"], b["model"])
+        for key in ("step", "model", "optimizer", "scheduler", "rng", "train_losses", "val_points"):
+            assert_same(a[key], b[key], f"{name}[{key!r}]")
     strip = lambda path: [{k: v for k, v in json.loads(line).items() if k != "elapsed"}  # noqa: E731
                           for line in path.read_text().splitlines()]
     assert strip(whole / "metrics.jsonl") == strip(parts / "metrics.jsonl")
@@ -176,13 +198,109 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, words_
         assert summary_a[key] == summary_b[key]
 
 
+def test_checkpoints_after_the_first_step_at_each_best_and_on_time(tmp_path, words_file, monkeypatch, capsys):
+    """last.pt after step 1, at every new best validation and every SAVE_EVERY_S seconds; model.pt at every best."""
+    def after_step(self):
+        model_pt = self.work_dir / "model.pt"
+        seen.append((load_checkpoint(self.work_dir / "last.pt")["step"],
+                     load_checkpoint(model_pt)["step"] if model_pt.exists() else None, self.best_step))
+
+    monkeypatch.setattr(Trainer, "after_step", after_step)
+    for every_s in (1e9, 0):
+        seen = []
+        monkeypatch.setattr(trainer_module, "SAVE_EVERY_S", every_s)
+        assert run(["-i", words_file, "-o", tmp_path / str(every_s), "--max-steps", 25, *TINY], capsys)[0] == 0
+        if every_s:
+            assert [last for last, _, _ in seen] == [best or 1 for _, _, best in seen]
+        else:
+            assert [last for last, _, _ in seen] == list(range(1, 26))
+        assert [model_pt for _, model_pt, _ in seen] == [best for _, _, best in seen]
+        assert seen[9][2] == 10  # the first validation is a best
+
+
+@pytest.mark.parametrize("links", [True, False])
+def test_link_checkpoint_names_the_same_checkpoint(tmp_path, monkeypatch, links):
+    """A hard link where the file system allows one, else a copy; the old file under the name is replaced whole."""
+    def refuse(*args):
+        raise OSError("no hard links on this file system")
+
+    if not links:
+        monkeypatch.setattr(os, "link", refuse)
+    tree = TreeWaveNet(ModelConfig(vocab_size=5, block_size=2, n_embd=2, n_hidden=3))
+    vocab = Vocab((".", "a", "b", "c", "d"))
+    source = save_checkpoint(tmp_path / "last.pt", tree, vocab, step=7)
+    (tmp_path / "model.pt").write_bytes(b"an older checkpoint")
+    link_checkpoint(source, tmp_path / "model.pt")
+    assert (tmp_path / "model.pt").read_bytes() == source.read_bytes()
+    assert os.path.samefile(source, tmp_path / "model.pt") == links
+    assert load_checkpoint(tmp_path / "model.pt")["step"] == 7
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "model.pt"]
+
+
+def test_on_validation_hook(tmp_path, words_file, monkeypatch, capsys):
+    """Called after every full validation; what it raises comes out of main as is, with last.pt written."""
+    class Pruned(Exception):
+        pass
+
+    calls, saves = [], []
+    save = Trainer.save
+
+    def recorded_save(self, best=False):
+        saves.append((self.step, best))
+        save(self, best)
+
+    monkeypatch.setattr(Trainer, "save", recorded_save)
+
+    def on_validation(step, val_loss):
+        calls.append((step, val_loss))
+        if step == 20:
+            raise Pruned
+
+    args = ["-i", words_file, "-o", tmp_path / "run", "--max-steps", 45, *TINY]
+    with pytest.raises(Pruned):
+        train.main([str(a) for a in args], on_validation=on_validation)
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert calls == [(m["step"], m["loss"]) for m in metrics if m["split"] == "val"]
+    assert [step for step, _ in calls] == [10, 20]
+    assert saves[-1] == (20, False)  # the save after the hook raised
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 20
+    monkeypatch.undo()
+    assert run([*args, "--resume"], capsys)[0] == 0
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 45
+
+
+def test_kill_9_leaves_a_checkpoint_that_resumes(tmp_path, words_file, capsys):
+    """SIGKILL the command as soon as its first checkpoint exists: last.pt loads (weights_only) and --resume goes on."""
+    work_dir = tmp_path / "run"
+    args = ["-i", words_file, "-o", work_dir, *TINY]
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    command = subprocess.Popen([sys.executable, "-m", "wavenet_conv.train", *map(str, args), "--max-steps", "1000000"],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (work_dir / "last.pt").exists():
+            assert command.poll() is None, command.stderr.read().decode()
+            assert time.monotonic() < deadline, "no checkpoint after 120 s"
+            time.sleep(0.01)
+    finally:
+        command.kill()
+        command.wait()
+    assert command.returncode == -signal.SIGKILL
+    state = load_checkpoint(work_dir / "last.pt")  # weights_only=True
+    assert state["step"] >= 1 and "scheduler" in state
+    steps = state["step"] + 12
+    assert run([*args, "--resume", "--max-steps", steps], capsys)[0] == 0
+    assert json.loads((work_dir / "summary.json").read_text())["steps"] == steps
+    assert not list(work_dir.glob(".*.tmp"))
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, words_file, monkeypatch, capsys):
     def poison(self):
         if self.step == 15:
             with torch.no_grad():
                 self.model.head.weight.fill_(float("nan"))
 
-    monkeypatch.setattr(train.Trainer, "after_step", poison)
+    monkeypatch.setattr(Trainer, "after_step", poison)
     code, _, err = run(["-i", words_file, "-o", tmp_path / "run", "--max-steps", 40, *TINY], capsys)
     assert code == 2
     assert err.startswith("error: ") and "nan" in err and "Traceback" not in err
@@ -196,18 +314,28 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, words_file,
 
 def test_lecture_recipe_first_loss(names_path, tmp_path, capsys):
     """makemore part 5's first logged loss: torch.manual_seed(42), the tree, its first random batch."""
-    trainer = train.Trainer(train.get_recipe("lecture"), *train.load_data(names_path), torch.device("cpu"), 42,
-                            tmp_path, started=0.0)
-    assert train.count_parameters(trainer.model) == 76_579
-    loss, lr = trainer.train_step(0)
+    trainer = Trainer(get_recipe("lecture"), *train.load_data(names_path), torch.device("cpu"), 42, tmp_path,
+                      started=0.0)
+    assert count_parameters(trainer.model) == 76_579
+    assert isinstance(trainer.optimizer, torch.optim.SGD)
+    loss = trainer.train_step()
     assert f"{loss:.4f}" == "3.3167"
-    assert lr == 0.1
+    assert trainer.lr == 0.1
 
 
 def test_lecture_schedule():
-    recipe = train.get_recipe("lecture")
-    assert [train.learning_rate_at(i, recipe, 200_000) for i in (0, 149_999, 150_000, 199_999)] == [0.1, 0.1, 0.01,
-                                                                                                     0.01]
+    """`lr = 0.1 if i < 150000 else 0.01`: the scheduler's rate for each step, as the float32 kernels see it."""
+    recipe = get_recipe("lecture")
+    assert [learning_rate_multiplier(i, recipe, 200_000) for i in (0, 149_999, 150_000, 199_999)] == [1, 1, 0.1, 0.1]
+    optimizer = make_optimizer(recipe, torch.nn.Linear(2, 2))
+    scheduler = make_scheduler(optimizer, recipe, max_steps=8)  # the drop at int(0.75 * 8) = 6
+    rates = []
+    for _ in range(8):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    as_float32 = torch.tensor(rates, dtype=torch.float32)
+    assert torch.equal(as_float32, torch.tensor([0.1] * 6 + [0.01] * 2, dtype=torch.float32))
 
 
 # ------------------------------------------------------------------------------------------ bad input
@@ -225,8 +353,15 @@ def assert_user_error(result, *words):
 def test_bad_dataset(tmp_path, capsys):
     assert_user_error(run(["-i", tmp_path / "missing.txt", "-o", tmp_path / "run"], capsys), "does not exist")
     empty = tmp_path / "empty.txt"
-    empty.write_text("\n\n")
+    empty.write_text("")
     assert_user_error(run(["-i", empty, "-o", tmp_path / "run"], capsys), "no items")
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n  \n\t\n")
+    assert_user_error(run(["-i", blank, "-o", tmp_path / "run"], capsys), "no items")
+    binary = tmp_path / "binary.bin"
+    binary.write_bytes(bytes(range(256)))
+    assert_user_error(run(["-i", binary, "-o", tmp_path / "run"], capsys), "not UTF-8")
+    assert_user_error(run(["-i", tmp_path, "-o", tmp_path / "run"], capsys), "is a directory")
 
 
 def test_missing_or_corrupt_checkpoint(tmp_path, words_file, capsys):

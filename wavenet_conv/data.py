@@ -2,7 +2,10 @@
 
 Shape legend: n examples, b batch, t time.
 
-    python -m wavenet_conv.data --download     # fetch names.txt from the makemore repository
+names.txt (makemore's 32,033 names) ships in the repository's data/ folder and is the default input.
+
+    python -m wavenet_conv.data                # summarise data/names.txt
+    python -m wavenet_conv.data --download     # fetch it again from the makemore repository, checking its sha256
 """
 import argparse
 import hashlib
@@ -17,7 +20,7 @@ import torch
 
 from wavenet_conv.errors import DatasetError, exit_on_user_error
 
-DEFAULT_INPUT = "data/names.txt"
+DEFAULT_INPUT = "data/names.txt"  # relative to the repository's root, where it ships
 NAMES_URL = "https://raw.githubusercontent.com/karpathy/makemore/master/names.txt"
 NAMES_SHA256 = "0a30b5557f192f32ab962680889aac5f6fda0f4cecf40a6d0b5694f58ea8cc4d"
 BOUNDARY = "."  # token 0: the start padding before an item and the end marker after it
@@ -28,7 +31,12 @@ def read_words(path=DEFAULT_INPUT):
     """The non-blank, stripped lines of a UTF-8 text file; DatasetError with a one-line reason otherwise."""
     path = Path(path)
     if not path.exists():
-        hint = " (run `python -m wavenet_conv.data --download` to fetch it)" if path.name == "names.txt" else ""
+        if path == Path(DEFAULT_INPUT):
+            hint = " (it ships in the repository: run from the repository's root, or give --input-file FILE)"
+        elif path.name == "names.txt":
+            hint = f" (`python -m wavenet_conv.data --download -o {path}` fetches makemore's names.txt)"
+        else:
+            hint = ""
         raise DatasetError(f"input file {str(path)!r} does not exist{hint}")
     if path.is_dir():
         raise DatasetError(f"input file {str(path)!r} is a directory, not a text file")

@@ -1,0 +1,303 @@
+"""The training loop of one run: steps, the evaluation schedule, checkpoints, signals and progress.
+
+Checkpoints, so that a `kill -9` at any moment leaves one to --resume: last.pt after the first step, at every
+new best validation, at least every SAVE_EVERY_S seconds, at the end and on Ctrl-C / SIGTERM. model.pt, the
+kept model, is a second name for last.pt at each new best validation (or at every save when the recipe keeps
+its last weights). Each file is written atomically (checkpoint.save_checkpoint). A resumed run restores
+weights, optimizer, scheduler, RNG and batch position, and takes exactly the steps the uninterrupted run
+would have taken.
+"""
+import json
+import math
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from wavenet_conv.batches import training_batches
+from wavenet_conv.checkpoint import (
+    CHECKPOINT_NAME, link_checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint,
+)
+from wavenet_conv.config import ModelConfig
+from wavenet_conv.conv import ConvWaveNet
+from wavenet_conv.errors import CheckpointError, UserError
+from wavenet_conv.evaluate import SplitEvaluator
+from wavenet_conv.optimization import make_optimizer, make_scheduler
+from wavenet_conv.tree import TreeWaveNet
+
+RESUME_NAME = "last.pt"
+SAVE_EVERY_S = 30  # last.pt is never older than this while training runs
+PROGRESS_EVERY_S = 0.5  # how often the bar's loss and names/s are refreshed
+
+
+class TrainingDiverged(UserError):
+    """The loss stopped being a finite number."""
+
+
+def create_model(recipe, vocab, seed):
+    """torch.manual_seed(seed), then the model; the lecture init builds the tree first (its layer order)."""
+    config = ModelConfig(len(vocab), recipe.block_size, recipe.n_embd, recipe.n_hidden)
+    torch.manual_seed(seed)
+    if recipe.model == "tree":
+        return TreeWaveNet(config)
+    if recipe.init == "lecture":
+        return ConvWaveNet.from_tree(TreeWaveNet(config))
+    return ConvWaveNet(config)
+
+
+def set_bn_momentum(model, momentum):
+    for module in model.modules():
+        if hasattr(module, "running_mean") and hasattr(module, "momentum"):
+            module.momentum = momentum
+
+
+def count_parameters(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def output_is_terminal():
+    """Progress bars only for a person watching: not in logs, pipes or tests."""
+    return sys.stdout.isatty() and sys.stderr.isatty()
+
+
+class StopRequests:
+    """Ctrl-C and SIGTERM during training ask for a stop at the next step boundary; a second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.signal = None
+        self.previous = {}
+
+    def handle(self, signum, frame):
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __enter__(self):
+        try:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self.previous[signum] = signal.signal(signum, self.handle)
+        except ValueError:  # not the main thread: signals stay with whoever owns them
+            pass
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+class Trainer:
+    """One training run: model, optimizer, scheduler, batches, evaluation, checkpoints and the metrics log.
+
+    on_validation(step, val_loss), if given, is called after every full validation evaluation; an exception
+    it raises (an Optuna prune, say) is passed on unchanged once last.pt is written.
+    """
+
+    def __init__(self, recipe, vocab, splits, device, seed, work_dir, started, target_loss=None, keep_going=False,
+                 on_validation=None):
+        self.recipe = recipe
+        self.vocab = vocab
+        self.device = device
+        self.seed = seed
+        self.work_dir = Path(work_dir)
+        self.started = started  # time.monotonic() when the command started: timings include start-up
+        self.target_loss = target_loss
+        self.keep_going = keep_going
+        self.on_validation = on_validation
+        self.model = create_model(recipe, vocab, seed).to(device)
+        set_bn_momentum(self.model, recipe.bn_momentum)
+        self.batches = training_batches(recipe, splits["train"], vocab, device, seed)
+        if recipe.max_steps is not None:
+            self.max_steps = recipe.max_steps
+        else:
+            self.max_steps = max(1, math.ceil((recipe.epochs or 1) * self.batches.steps_per_epoch()))
+        self.optimizer = make_optimizer(recipe, self.model)
+        self.scheduler = make_scheduler(self.optimizer, recipe, self.max_steps)
+        self.val = SplitEvaluator(splits["val"], vocab)
+        self.step = 0  # steps taken
+        self.lr = None  # the learning rate of the last step
+        self.train_losses = []  # the loss of every step, for loss.png
+        self.val_points = []  # (step, full validation loss)
+        self.best_val, self.best_step = math.inf, None
+        self.seconds_before = 0.0  # seconds spent before a --resume
+        self.seconds_to_target = None
+        self.last_saved = None  # time.monotonic() of the last save of last.pt; None: not saved by this process yet
+        self.metrics = None
+
+    # -- state
+
+    def elapsed(self):
+        return self.seconds_before + time.monotonic() - self.started
+
+    def rng_state(self):
+        state = {"torch": torch.get_rng_state(), "python": random.getstate(), "batches": self.batches.state()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def checkpoint_extra(self):
+        """Everything but the model that a resumed run needs to continue exactly."""
+        return {
+            "recipe": self.recipe.to_dict(), "seed": self.seed, "step": self.step, "max_steps": self.max_steps,
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "rng": self.rng_state(),
+            "train_losses": torch.tensor(self.train_losses, dtype=torch.float64),
+            "val_points": [list(p) for p in self.val_points],
+            "best_val": self.best_val, "best_step": self.best_step,
+            "seconds": self.elapsed(), "seconds_to_target": self.seconds_to_target,
+        }
+
+    def save(self, best=False):
+        """last.pt, the state --resume continues; model.pt names the same file at a new best validation, or at
+        every save when the recipe keeps its last weights."""
+        saved = save_checkpoint(self.work_dir / RESUME_NAME, self.model, self.vocab, **self.checkpoint_extra())
+        if best or self.recipe.select == "last":
+            link_checkpoint(saved, self.work_dir / CHECKPOINT_NAME)
+        self.last_saved = time.monotonic()
+
+    def restore(self, state):
+        """Continue from a last.pt: weights, optimizer, scheduler, RNG and batch position, logs so far."""
+        if "scheduler" not in state:
+            raise CheckpointError("the checkpoint has no learning-rate scheduler state (an older version wrote it); "
+                                  "start a new run")
+        self.model.load_state_dict(state["model"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"the checkpoint's optimizer state does not fit this run: {e}") from None
+        self.step = state["step"]
+        self.train_losses = state["train_losses"].tolist()
+        self.val_points = [tuple(p) for p in state["val_points"]]
+        self.best_val, self.best_step = state["best_val"], state["best_step"]
+        self.seconds_before = state["seconds"]
+        self.seconds_to_target = state["seconds_to_target"]
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        self.batches.load_state(rng["batches"])
+        keep_metrics_until(self.work_dir / "metrics.jsonl", self.step)
+        self.last_saved = time.monotonic()  # last.pt is the state just restored
+
+    # -- logging
+
+    def log(self, **record):
+        record = {"step": record.pop("step", self.step), **record, "elapsed": round(self.elapsed(), 3)}
+        self.metrics.write(json.dumps(record) + "\n")
+        self.metrics.flush()
+
+    # -- the loop
+
+    def train_step(self):
+        """One optimization step at the scheduler's learning rate; returns its loss."""
+        step = self.step
+        self.lr = self.optimizer.param_groups[0]["lr"]
+        inputs, targets = self.batches.next()
+        _, loss = self.model(inputs, targets)
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise TrainingDiverged(
+                f"the training loss is {loss_value} at step {step}; stopped, keeping the last good checkpoint in "
+                f"{str(self.work_dir)!r} (try a lower --learning-rate)")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step = step + 1
+        self.train_losses.append(loss_value)
+        return loss_value
+
+    def after_step(self):
+        """Called after every step; a hook for callers (the tests interrupt a run here)."""
+
+    def validate(self):
+        """Full validation loss, logged, saved when it is a new best and passed to on_validation; True: stop here."""
+        val = self.val.loss(self.model)
+        self.val_points.append((self.step, val))
+        improved = val < self.best_val
+        if improved:
+            self.best_val, self.best_step = val, self.step
+        reached = self.target_loss is not None and val <= self.target_loss
+        if reached and self.seconds_to_target is None:
+            self.seconds_to_target = self.elapsed()
+        self.log(split="val", loss=val, lr=self.lr)
+        note = " (best)" if improved else ""
+        if reached:
+            note += f", target {self.target_loss} reached at {self.seconds_to_target:.1f} s"
+        tqdm.write(f"step {self.step:7d}/{self.max_steps:7d}: val {val:.4f}{note} | lr {self.lr:.3g} | "
+                   f"{self.elapsed():.1f} s")
+        if improved:
+            self.save(best=True)
+        if self.on_validation is not None:
+            try:
+                self.on_validation(self.step, val)
+            except BaseException:
+                self.save()
+                raise
+        return reached and not self.keep_going
+
+    def progress_bar(self):
+        """Steps, time left, loss and names (or windows) per second; hidden when the output is not a terminal."""
+        return tqdm(total=self.max_steps, initial=self.step, unit="step", disable=not output_is_terminal(),
+                    dynamic_ncols=True, leave=False)
+
+    def run(self):
+        """Train to max_steps (or the target); returns the signal number that stopped the run, or None."""
+        recipe = self.recipe
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        for torn in self.work_dir.glob(".*.pt.*.tmp"):  # left by a kill in the middle of a save
+            torn.unlink()
+        with open(self.work_dir / "metrics.jsonl", "a") as self.metrics, StopRequests() as stop, \
+                self.progress_bar() as bar:
+            rate_since = (time.monotonic(), self.step)
+            while self.step < self.max_steps:
+                step = self.step
+                loss = self.train_step()
+                bar.update(1)
+                now = time.monotonic()
+                if not bar.disable and now - rate_since[0] >= PROGRESS_EVERY_S:
+                    rate = (self.step - rate_since[1]) * recipe.batch_size / (now - rate_since[0])
+                    bar.set_postfix_str(f"loss {loss:.4f}, {rate:,.0f} {self.batches.unit}/s", refresh=False)
+                    rate_since = (now, self.step)
+                if step % recipe.log_interval == 0:
+                    tqdm.write(f"{step:7d}/{self.max_steps:7d}: {loss:.4f}")  # the lecture's progress line
+                    self.log(step=step, split="train", loss=loss, lr=self.lr)
+                if self.step % recipe.eval_interval == 0 or self.step == self.max_steps:
+                    if self.validate():
+                        break
+                if self.last_saved is None or time.monotonic() - self.last_saved >= SAVE_EVERY_S:
+                    self.save()
+                self.after_step()
+                if stop.signal is not None:
+                    self.save()
+                    return stop.signal
+        self.save()
+        return None
+
+    # -- the end
+
+    def kept_model(self):
+        """The model whose losses the summary reports (model.pt: best validation, or the last weights), and its step."""
+        if self.recipe.select == "best" and self.best_step is not None:
+            state = load_checkpoint(self.work_dir / CHECKPOINT_NAME)  # its step: the best may predate a --resume
+            return model_from_checkpoint(state).to(self.device).eval(), state["step"]
+        return self.model, self.step
+
+
+def keep_metrics_until(path, step):
+    """On --resume, drop log lines written after the checkpoint (a run killed between saves wrote them twice)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # the last line, torn by a kill in the middle of its write
+            continue
+        if record["step"] < step or (record["split"] != "train" and record["step"] <= step):
+            kept.append(line + "\n")
+    path.write_text("".join(kept))
