@@ -270,3 +270,28 @@ def test_packed_and_padded_training_agree(tmp_path, words_file, monkeypatch, cap
     packed, padded = (load_checkpoint(tmp_path / name / "last.pt")["model"] for name in ("packed", "padded"))
     for key in packed:
         torch.testing.assert_close(packed[key], padded[key], rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------- hooks
+
+
+def test_on_validation_sees_every_evaluation_and_can_stop_the_run(tmp_path, words_file, capsys):
+    seen = []
+    summary = train.main([str(a) for a in ["-i", words_file, "-o", tmp_path / "all", "--max-steps", 25, *TINY]],
+                         on_validation=lambda step, val: seen.append((step, val)))
+    metrics = [json.loads(line) for line in (tmp_path / "all" / "metrics.jsonl").read_text().splitlines()]
+    assert seen == [(m["step"], m["loss"]) for m in metrics if m["split"] == "val"]
+    assert [step for step, _ in seen] == [10, 20, 25] and summary["val_loss"] == min(val for _, val in seen)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_20(step, val):
+        if step == 20:
+            raise Stop(step)
+
+    with pytest.raises(Stop):  # unchanged: not turned into an exit status
+        train.main([str(a) for a in ["-i", words_file, "-o", tmp_path / "stopped", "--max-steps", 40, *TINY]],
+                   on_validation=stop_at_20)
+    assert load_checkpoint(tmp_path / "stopped" / "last.pt")["step"] == 20
+    assert load_checkpoint(tmp_path / "stopped" / "model.pt")["step"] in (10, 20)

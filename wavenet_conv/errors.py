@@ -16,12 +16,12 @@ class CheckpointError(UserError):
 
 
 def exit_on_user_error(main):
-    """Decorate a CLI `main(argv=None)`: a UserError prints `error: ...` on stderr and exits with status 2."""
+    """Decorate a CLI `main(argv=None, ...)`: a UserError prints `error: ...` on stderr and exits with status 2."""
 
     @functools.wraps(main)
-    def guarded(argv=None):
+    def guarded(argv=None, **kwargs):
         try:
-            return main(argv)
+            return main(argv, **kwargs)
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(2) from None

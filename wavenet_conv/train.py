@@ -339,7 +339,8 @@ class StopRequests:
 class Trainer:
     """One training run: model, optimizer, batches, schedule, evaluation, checkpoints and the metrics log."""
 
-    def __init__(self, recipe, vocab, splits, device, seed, work_dir, started, target_loss=None, keep_going=False):
+    def __init__(self, recipe, vocab, splits, device, seed, work_dir, started, target_loss=None, keep_going=False,
+                 on_validation=None):
         self.recipe = recipe
         self.vocab = vocab
         self.splits = splits
@@ -349,6 +350,7 @@ class Trainer:
         self.started = started
         self.target_loss = target_loss
         self.keep_going = keep_going
+        self.on_validation = on_validation  # on_validation(step, val_loss) after every full validation evaluation
         self.model = create_model(recipe, vocab, seed).to(device)
         set_bn_momentum(self.model, recipe.bn_momentum)
         self.forward = training_forward(self.model)
@@ -474,6 +476,12 @@ class Trainer:
         if reached:
             note += f", target {self.target_loss} reached at {self.seconds_to_target:.1f} s"
         tqdm.write(f"step {self.step:7d}/{self.max_steps:7d}: val {val:.4f}{note} | lr {lr:.3g} | {self.elapsed():.1f} s")
+        if self.on_validation is not None:
+            try:
+                self.on_validation(self.step, val)
+            except BaseException:
+                self.save()  # a caller that stops the run (a pruned sweep trial) still gets its checkpoints
+                raise
         return reached and not self.keep_going
 
     def run(self):
@@ -571,25 +579,28 @@ def resumed_recipe(state, args):
 
 
 @exit_on_user_error
-def main(argv=None):
+def main(argv=None, on_validation=None):
+    """on_validation(step, val_loss): called after every full validation evaluation; an exception it raises
+    stops training, the checkpoints are written, and it propagates out of main unchanged."""
     started = COMMAND_STARTED if COMMAND_STARTED is not None else time.monotonic()
     args = parse_args(argv)
     threads = torch.get_num_threads()
     torch.set_num_threads(choose_threads(args.threads))
     try:
-        return train_and_report(args, argv, started)
+        return train_and_report(args, argv, started, on_validation)
     finally:
         torch.set_num_threads(threads)  # in-process callers get their setting back
 
 
-def train_and_report(args, argv, started):
+def train_and_report(args, argv, started, on_validation=None):
     device = resolve_device(args.device)
     work_dir = Path(args.work_dir)
     if args.sample_only:
         return sample_only(args, device)
     vocab, splits = load_data(args.input_file)
     recipe, seed, resume_state = plan_run(args, vocab, work_dir)
-    trainer = Trainer(recipe, vocab, splits, device, seed, work_dir, started, args.target_loss, args.keep_going)
+    trainer = Trainer(recipe, vocab, splits, device, seed, work_dir, started, args.target_loss, args.keep_going,
+                      on_validation)
     if resume_state is not None:
         trainer.restore(resume_state)
     else:
