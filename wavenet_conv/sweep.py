@@ -49,6 +49,9 @@ SWEEP_RECIPES = tuple(name for name, recipe in RECIPES.items() if recipe.optimiz
 SEARCHED = ("arch", "n_embd", "n_hidden", "block_size", "learning_rate", "weight_decay", "dropout", "batch_size",
             "epochs")
 SQLITE_TIMEOUT_S = 60  # a worker waits this long for another's write to the shared SQLite file
+# a running trial's worker marks it alive this often; one silent for the grace period (its worker was killed) is
+# marked failed when another trial starts, so the study's counts and plots do not wait on it forever
+HEARTBEAT_S, HEARTBEAT_GRACE_S = 60, 300
 INSTALL_HINT = 'the sweep needs Optuna: pip install -e ".[sweep]"'
 
 
@@ -68,7 +71,7 @@ def parse_args(argv):
                         help="Optuna storage URL (default sqlite:///WORK_DIR/study.db); a PostgreSQL URL shares the "
                              "study between machines")
     parser.add_argument("--recipe", choices=SWEEP_RECIPES, default="fast", help="the recipe every trial starts from")
-    parser.add_argument("--max-steps", type=int, default=None, 
+    parser.add_argument("--max-steps", type=int, default=None,
                         help="steps of every trial (then epochs is not searched)")
     parser.add_argument("--epochs", type=float, default=None, help="epochs of every trial (then not searched)")
     parser.add_argument("--archs", default=",".join(ARCHS),
@@ -80,9 +83,9 @@ def parse_args(argv):
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampler (trial N draws from seed + N)")
     parser.add_argument("--threads", default="1", help="CPU threads of each trial (a number or auto)")
     argv = list(sys.argv[1:] if argv is None else argv)
-    train_flags = argv[argv.index("--") + 1 :] if "--" in argv else []
-    args = parser.parse_args(argv[: len(argv) - len(train_flags) - 1] if "--" in argv else argv)
-    args.train_flags = train_flags
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:split])
+    args.train_flags = train_flags = argv[split + 1 :]
     for flag in ("trials", "max_steps", "max_params", "epochs"):
         value = getattr(args, flag)
         if value is not None and not value > 0:
@@ -207,9 +210,11 @@ def open_study(args, optuna, settings):
     """The study --study in the storage, created if new; a UserError if it was started with other settings."""
     url = storage_url(args)
     try:
-        with sqlite_creation_lock(url):
+        with sqlite_creation_lock(url), warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the heartbeat's
             engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if url.startswith("sqlite") else {}
-            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
+                                                 grace_period=HEARTBEAT_GRACE_S)
             study = optuna.create_study(
                 storage=storage, study_name=args.study, direction="minimize", load_if_exists=True,
                 sampler=trial_sampler(args.seed),
@@ -272,9 +277,7 @@ def report_to(trial, optuna):
     return on_validation
 
 
-def make_objective(args, optuna, vocab):
-    fixed = fixed_settings(args)
-
+def make_objective(args, optuna, vocab, fixed):
     def objective(trial):
         flags = base_flags(args) + setting_flags(suggest_settings(trial, fixed, args.archs))
         trial.set_user_attr("train_flags", flags)
@@ -395,6 +398,7 @@ def save_figure(figure, path, plt):
 @exit_on_user_error
 def main(argv=None):
     args = parse_args(argv)
+    fixed = fixed_settings(args)  # also checks the train flags after `--`
     optuna = require_optuna()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial comes from print_trial
     vocab, _ = train.load_data(args.input_file)  # a bad input file stops here, not in every trial
@@ -404,7 +408,7 @@ def main(argv=None):
     print(f"study {args.study!r} in {hide_password(storage_url(args))}: {args.trials} trials of recipe {args.recipe} "
           f"in this worker", flush=True)
     try:
-        study.optimize(make_objective(args, optuna, vocab), n_trials=args.trials, catch=(TrialFailed,),
+        study.optimize(make_objective(args, optuna, vocab, fixed), n_trials=args.trials, catch=(TrialFailed,),
                        callbacks=[print_trial])
     except KeyboardInterrupt:
         print("interrupted: the running trial is marked failed; the study keeps the others", file=sys.stderr)
