@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from test_train import syllable_words
+from test_train import assert_user_error, syllable_words
 from wavenet_conv import train
 
 optuna = pytest.importorskip("optuna")
@@ -158,19 +158,12 @@ def test_without_optuna_training_works_and_the_sweep_says_how_to_install_it(tmp_
     assert result.stderr == 'error: the sweep needs Optuna: pip install -e ".[sweep]"\n'
 
 
-def assert_user_error(result, *words):
-    code, out, err = result
-    assert code == 2
-    assert err.startswith("error: ") and err.count("\n") == 1, err
-    assert "Traceback" not in err + out
-    for word in words:
-        assert word in err
-
-
 def test_bad_input(tmp_path, words_file, capsys):
     work_dir = tmp_path / "sweep"
     common = ["-o", work_dir, "-i", words_file]
     assert run([*common, "--trials", 0], capsys)[0] == 2
+    assert run([*common, "--max-steps", 0], capsys)[0] == 2  # checked by the train CLI's parser
+    assert run([*common, "--threads", "two"], capsys)[0] == 2
     assert run([*common, "--archs", "lecture,wide"], capsys)[0] == 2
     assert run([*common, "--", "-o", "elsewhere"], capsys)[0] == 2
     assert_user_error(run(["-o", work_dir, "-i", tmp_path / "missing.txt"], capsys), "does not exist")
@@ -195,9 +188,11 @@ def test_search_space():
         assert settings["block_size"] in (8, 16, 32) and 1e-3 <= settings["learning_rate"] <= 3e-2
         assert 8 <= settings["n_embd"] <= 64 and 32 <= settings["n_hidden"] <= 512
     assert archs == {"lecture", "gated"}
-    # fixed settings are neither searched nor passed; one gated arch is passed, not searched, and has dropout
-    fixed = sweep.fixed_settings(sweep.parse_args(["--archs", "gated", "--max-steps", "5", "--", "-b", "8"]))
+    # fixed settings are neither searched nor passed
+    fixed = sweep.fixed_settings(sweep.parse_args(["--archs", "lecture", "--max-steps", "5", "--", "-b", "8"]))
     assert fixed == {"arch", "epochs", "batch_size"}
+    assert sweep.fixed_settings(sweep.parse_args(["--", "--epochs", "2", "-l", "0.01"])) == {"epochs", "learning_rate"}
+    # one gated arch is passed, not searched, and has dropout
     settings = sweep.suggest_settings(study.ask(), fixed, ["gated"])
     assert settings.keys() == {"n_embd", "n_hidden", "block_size", "learning_rate", "weight_decay", "dropout"}
     assert sweep.base_flags(sweep.parse_args(["--archs", "gated"])) == ["--recipe", "fast", "--arch", "gated"]

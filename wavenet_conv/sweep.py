@@ -86,23 +86,22 @@ def parse_args(argv):
     split = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:split])
     args.train_flags = train_flags = argv[split + 1 :]
-    for flag in ("trials", "max_steps", "max_params", "epochs"):
-        value = getattr(args, flag)
-        if value is not None and not value > 0:
-            parser.error(f"--{flag.replace('_', '-')} must be positive, got {value}")
+    # the flags that go to the trials (--max-steps, --epochs, --threads, after `--`) are checked by train's parser
+    if args.trials < 1:
+        parser.error(f"--trials must be positive, got {args.trials}")
+    if args.max_params is not None and args.max_params < 1:
+        parser.error(f"--max-params must be positive, got {args.max_params}")
     if args.prune_after < 0:
         parser.error(f"--prune-after must be non-negative, got {args.prune_after}")
-    if args.threads != "auto" and not (args.threads.isdigit() and int(args.threads) > 0):
-        parser.error(f"--threads must be a positive number or auto, got {args.threads!r}")
     if not args.study:
         parser.error("--study must not be empty")
     args.archs = [a.strip() for a in args.archs.split(",") if a.strip()]
     unknown = [a for a in args.archs if a not in ARCHS]
     if unknown or not args.archs or len(set(args.archs)) != len(args.archs):
         parser.error(f"--archs takes distinct names of {', '.join(ARCHS)}, got {','.join(args.archs) or 'none'}")
-    for flag in ("-o", "--work-dir", "-i", "--input-file", "--resume", "--sample-only", "--threads"):
+    for flag in ("-o", "--work-dir", "-i", "--input-file", "--resume", "--sample-only", "--threads", "--arch"):
         if any(f == flag or f.startswith(flag + "=") for f in train_flags):
-            parser.error(f"{flag} after `--` belongs to the sweep, not to its trials")
+            parser.error(f"{flag} after `--` belongs to the sweep (--archs for --arch), not to its trials")
     return args
 
 
@@ -119,9 +118,10 @@ def require_optuna():
 
 def fixed_settings(args):
     """The searched settings that the sweep's flags fix, so that no trial searches or passes them."""
-    given = train.parse_args(args.train_flags)
-    fixed = {name for name in SEARCHED if getattr(given, name, None) is not None}
-    if args.epochs is not None or args.max_steps is not None or given.max_steps is not None:
+    given = train.parse_args([*base_flags(args), "--threads", args.threads])  # train's parser checks its flags
+    # train flags default to None, "the recipe's"; --archs alone decides the arch
+    fixed = {name for name in SEARCHED if name != "arch" and getattr(given, name, None) is not None}
+    if given.max_steps is not None:
         fixed.add("epochs")  # with a step count the epoch count has no effect
     if len(args.archs) == 1:
         fixed.add("arch")
