@@ -1,0 +1,198 @@
+"""The Optuna sweep on tiny models: one worker, two workers sharing one SQLite file, pruning, no Optuna, bad input."""
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_train import assert_user_error, syllable_words
+from wavenet_conv import train
+
+optuna = pytest.importorskip("optuna")
+from wavenet_conv import sweep  # noqa: E402  (after the skip: the sweep needs optuna)
+
+REPO = Path(__file__).resolve().parents[1]
+# tiny trials: --archs lecture (the train CLI of this branch has no --arch), small fixed widths and batches
+TINY = ["--archs", "lecture", "--max-steps", "40", "--", "--n-embd", "4", "--n-hidden", "12", "--batch-size", "16",
+        "--eval-interval", "10", "--num-samples", "2"]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def words_file(tmp_path):
+    path = tmp_path / "words.txt"
+    path.write_text("\n".join(syllable_words()) + "\n")
+    return path
+
+
+def run(args, capsys):
+    """sweep.main in-process; returns (exit status, stdout, stderr)."""
+    try:
+        sweep.main([str(a) for a in args])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_train_command(line, work_dir):
+    """The line is a train command that the train CLI parses, with a fresh work dir."""
+    words = shlex.split(line)
+    assert words[:3] == ["python", "-m", "wavenet_conv.train"]
+    args = train.parse_args(words[3:])
+    assert args.recipe == "fast" and args.max_steps == 40 and args.n_hidden == 12
+    assert Path(args.work_dir) == Path(work_dir) / "best"
+    return args
+
+
+def study_trials(work_dir, name="wavenet_conv"):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{work_dir / 'study.db'}").get_trials()
+
+
+def test_one_worker_writes_trials_plots_and_the_best_as_a_train_command(tmp_path, words_file, capsys):
+    work_dir = tmp_path / "sweep"
+    code, out, err = run(["-o", work_dir, "-i", words_file, "--trials", 2, *TINY], capsys)
+    assert code == 0, err
+    trials = study_trials(work_dir)
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    for t in trials:
+        trial_dir = work_dir / f"trial-{t.number:04d}"
+        assert (trial_dir / "summary.json").is_file() and (trial_dir / "train.log").is_file()
+        # searched: block size, learning rate, weight decay; fixed by the flags: not searched
+        assert set(t.params) == {"block_size", "learning_rate", "weight_decay"}
+    for plot in ("history.png", "importance.png"):
+        assert (work_dir / plot).read_bytes()[:8] == PNG
+    best = min(trials, key=lambda t: t.value)
+    assert f"best: trial {best.number}, validation loss {best.value:.4f}" in out
+    args = assert_train_command(out.strip().splitlines()[-1], work_dir)
+    assert args.learning_rate == best.params["learning_rate"] and args.block_size == best.params["block_size"]
+    assert args.input_file == str(words_file)
+
+
+def test_two_workers_share_one_sqlite_study(tmp_path, words_file):
+    """Started at once against one new SQLite file: 2 + 2 trials of one study, each prints the best."""
+    work_dir = tmp_path / "sweep"
+    command = [sys.executable, "-m", "wavenet_conv.sweep", "-o", str(work_dir), "-i", str(words_file), "--trials", "2",
+               "--study", "shared", *TINY]
+    workers = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    outputs = [worker.communicate(timeout=120) for worker in workers]
+    for worker, (out, err) in zip(workers, outputs):
+        assert worker.returncode == 0, err
+        assert "Traceback" not in err
+        assert_train_command(out.strip().splitlines()[-1], work_dir)
+    trials = study_trials(work_dir, "shared")
+    assert len(trials) == 4 and all(t.state.name == "COMPLETE" for t in trials)
+    assert sorted(p.name for p in work_dir.glob("trial-*")) == [f"trial-{n:04d}" for n in range(4)]
+    # each trial draws from seed + its number: workers with the same --seed do not repeat each other
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 4
+
+
+def test_pruning_stops_a_trial_worse_than_the_median(tmp_path, words_file, capsys):
+    work_dir = tmp_path / "sweep"
+    work_dir.mkdir()
+    study = optuna.create_study(study_name="prune", storage=f"sqlite:///{work_dir / 'study.db'}")
+    # a good trial, then one whose learning rate is far too small to learn in 40 steps
+    study.enqueue_trial({"block_size": 8, "learning_rate": 1e-2, "weight_decay": 0.1})
+    study.enqueue_trial({"block_size": 8, "learning_rate": 1e-3, "weight_decay": 0.1})
+    code, out, err = run(["-o", work_dir, "-i", words_file, "--study", "prune", "--trials", 2, "--prune-after", 1,
+                          *TINY], capsys)
+    assert code == 0, err
+    first, second = study_trials(work_dir, "prune")
+    assert first.state.name == "COMPLETE" and second.state.name == "PRUNED"
+    assert "trial 1: pruned at step 10" in out
+    # one completed trial cannot rank the settings: a note, no importance plot
+    assert (work_dir / "history.png").is_file() and not (work_dir / "importance.png").exists()
+    assert "note: no importance.png" in out
+    # stopped at its first evaluation, with its checkpoint written
+    assert train.load_checkpoint(work_dir / "trial-0001" / "last.pt")["step"] == 10
+
+
+class FakeTrial:
+    def __init__(self, prune_at):
+        self.prune_at, self.reports, self.user_attrs = prune_at, [], {}
+
+    def report(self, value, step):
+        self.reports.append((step, value))
+
+    def should_prune(self):
+        return self.reports[-1][0] == self.prune_at
+
+    def set_user_attr(self, key, value):
+        self.user_attrs[key] = value
+
+
+def test_validation_hook_reports_and_prunes():
+    trial = FakeTrial(prune_at=20)
+    on_validation = sweep.report_to(trial, optuna)
+    on_validation(10, 2.5)
+    with pytest.raises(optuna.TrialPruned):
+        on_validation(20, 2.4)
+    assert trial.reports == [(10, 2.5), (20, 2.4)]
+
+
+def test_max_params_prunes_before_training(tmp_path, words_file, capsys):
+    work_dir = tmp_path / "sweep"
+    code, out, _ = run(["-o", work_dir, "-i", words_file, "--trials", 1, "--max-params", 100, *TINY], capsys)
+    assert code == 1  # nothing completed
+    assert "more than --max-params 100" in out and "no trial has completed" in out and "note: no plots" in out
+    assert [t.state.name for t in study_trials(work_dir)] == ["PRUNED"]
+    assert not (work_dir / "trial-0000").exists()
+
+
+def test_without_optuna_training_works_and_the_sweep_says_how_to_install_it(tmp_path, words_file):
+    script = (
+        "import sys; sys.modules['optuna'] = None\n"  # `import optuna` now raises ImportError
+        "import wavenet_conv, wavenet_conv.train as train\n"
+        f"train.main(['-i', {str(words_file)!r}, '-o', {str(tmp_path / 'run')!r}, '--max-steps', '3', '--n-embd', '4',"
+        " '--n-hidden', '8', '--batch-size', '8', '--num-samples', '1', '--threads', '1'])\n"
+        "import runpy; sys.argv = ['sweep', '-o', sys.argv[1]]\n"
+        "runpy.run_module('wavenet_conv.sweep', run_name='__main__')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "sweep")], cwd=REPO, capture_output=True,
+                            text=True, timeout=120)
+    assert (tmp_path / "run" / "summary.json").is_file()
+    assert result.returncode == 2
+    assert result.stderr == 'error: the sweep needs Optuna: pip install -e ".[sweep]"\n'
+
+
+def test_bad_input(tmp_path, words_file, capsys):
+    work_dir = tmp_path / "sweep"
+    common = ["-o", work_dir, "-i", words_file]
+    assert run([*common, "--trials", 0], capsys)[0] == 2
+    assert run([*common, "--max-steps", 0], capsys)[0] == 2  # checked by the train CLI's parser
+    assert run([*common, "--threads", "two"], capsys)[0] == 2
+    assert run([*common, "--archs", "lecture,wide"], capsys)[0] == 2
+    assert run([*common, "--", "-o", "elsewhere"], capsys)[0] == 2
+    assert_user_error(run(["-o", work_dir, "-i", tmp_path / "missing.txt"], capsys), "does not exist")
+    assert_user_error(run([*common, "--storage", "not a url"], capsys), "cannot open --storage")
+    assert_user_error(run([*common, "--storage", "postgresql://user:secret@localhost:1/db"], capsys),
+                      "cannot open --storage")
+    assert "secret" not in capsys.readouterr().err
+    # a study started with other trial settings is not joined
+    assert run([*common, "--trials", 1, "--study", "s", *TINY], capsys)[0] == 0
+    other = [*TINY[:-1], "8"]  # --num-samples 8
+    assert_user_error(run([*common, "--trials", 1, "--study", "s", *other], capsys), "other settings", "--study")
+
+
+def test_search_space():
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    archs = set()
+    for _ in range(30):
+        settings = sweep.suggest_settings(study.ask(), set(), list(sweep.ARCHS))
+        archs.add(settings["arch"])
+        expected = set(sweep.SEARCHED) - ({"dropout"} if settings["arch"] == "lecture" else set())
+        assert settings.keys() == expected
+        assert settings["block_size"] in (8, 16, 32) and 1e-3 <= settings["learning_rate"] <= 3e-2
+        assert 8 <= settings["n_embd"] <= 64 and 32 <= settings["n_hidden"] <= 512
+    assert archs == {"lecture", "gated"}
+    # fixed settings are neither searched nor passed
+    fixed = sweep.fixed_settings(sweep.parse_args(["--archs", "lecture", "--max-steps", "5", "--", "-b", "8"]))
+    assert fixed == {"arch", "epochs", "batch_size"}
+    assert sweep.fixed_settings(sweep.parse_args(["--", "--epochs", "2", "-l", "0.01"])) == {"epochs", "learning_rate"}
+    # one gated arch is passed, not searched, and has dropout
+    settings = sweep.suggest_settings(study.ask(), fixed, ["gated"])
+    assert settings.keys() == {"n_embd", "n_hidden", "block_size", "learning_rate", "weight_decay", "dropout"}
+    assert sweep.base_flags(sweep.parse_args(["--archs", "gated"])) == ["--recipe", "fast", "--arch", "gated"]

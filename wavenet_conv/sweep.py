@@ -1,0 +1,424 @@
+"""Search the train command's settings with Optuna: any number of workers, one shared study.
+
+    python -m wavenet_conv.sweep -o runs/sweep --trials 20 --recipe quality --epochs 10
+    python -m wavenet_conv.sweep -o runs/sweep --trials 20 --storage postgresql://user:pass@host/db   # on each machine
+    python -m wavenet_conv.sweep -o runs/sweep --trials 8 --archs lecture -- --block-size 8   # fix a train flag
+
+Each worker runs --trials trials of the study --study in --storage (default: sqlite:///DIR/study.db, which the
+workers of one machine share; on a PostgreSQL URL the workers of many machines share one study). A trial
+trains in-process with `wavenet_conv.train.main` in its own work dir DIR/trial-NNNN (its output in train.log)
+and scores its best validation loss; the test loss is never used. A median pruner stops a trial whose
+validation loss at an evaluation is worse than the median of the earlier trials at that step. At the end a
+worker prints the study's best trial as a `python -m wavenet_conv.train` command and writes DIR/history.png
+and DIR/importance.png.
+
+The search space (the train flag of each setting is --name with dashes):
+
+    arch           lecture | gated                   (--archs; one arch is not searched, and lecture not passed)
+    n_embd         8 ... 64, step 8
+    n_hidden       32 ... 512, log scale
+    block_size     8 | 16 | 32
+    learning_rate  1e-3 ... 3e-2, log scale
+    weight_decay   0.01 ... 4, log scale
+    dropout        0 ... 0.3                         (gated only)
+    batch_size     32 | 64 | 128 | 256
+    epochs         3 ... 30                          (not searched with --epochs or --max-steps)
+
+A train flag given after `--` is passed to every trial and takes its setting out of the search. Needs Optuna:
+pip install -e ".[sweep]".
+"""
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import os
+import shlex
+import sys
+import warnings
+from pathlib import Path
+
+from wavenet_conv import train
+from wavenet_conv.data import DEFAULT_INPUT
+from wavenet_conv.errors import UserError, exit_on_user_error
+from wavenet_conv.recipes import RECIPES, get_recipe
+from wavenet_conv.trainer import count_parameters, create_model
+
+ARCHS = ("lecture", "gated")
+DEFAULT_ARCH = "lecture"  # the train command's, so a sweep of lecture trials never passes --arch
+# the space searches AdamW's weight decay and the length of a cosine schedule: the recipes that have them
+SWEEP_RECIPES = tuple(name for name, recipe in RECIPES.items() if recipe.optimizer == "adamw")
+SEARCHED = ("arch", "n_embd", "n_hidden", "block_size", "learning_rate", "weight_decay", "dropout", "batch_size",
+            "epochs")
+SQLITE_TIMEOUT_S = 60  # a worker waits this long for another's write to the shared SQLite file
+# a running trial's worker marks it alive this often; one silent for the grace period (its worker was killed) is
+# marked failed when another trial starts, so the study's counts and plots do not wait on it forever
+HEARTBEAT_S, HEARTBEAT_GRACE_S = 60, 300
+INSTALL_HINT = 'the sweep needs Optuna: pip install -e ".[sweep]"'
+
+
+class TrialFailed(Exception):
+    """A trial's training stopped with a one-line error (diverged, batch too large): the study goes on."""
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        description="Search the train command's settings with Optuna; workers share a study through --storage.",
+        epilog="Train flags after `--` go to every trial, and a setting given there is not searched.")
+    parser.add_argument("--work-dir", "-o", default="sweep", help="output directory: trial-NNNN/, study.db, plots")
+    parser.add_argument("--input-file", "-i", default=DEFAULT_INPUT, help="input file with one item (name) per line")
+    parser.add_argument("--study", default="wavenet_conv", help="study name; workers with the same name share it")
+    parser.add_argument("--trials", type=int, default=10, help="trials this worker runs")
+    parser.add_argument("--storage", default=None,
+                        help="Optuna storage URL (default sqlite:///WORK_DIR/study.db); a PostgreSQL URL shares the "
+                             "study between machines")
+    parser.add_argument("--recipe", choices=SWEEP_RECIPES, default="fast", help="the recipe every trial starts from")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="steps of every trial (then epochs is not searched)")
+    parser.add_argument("--epochs", type=float, default=None, help="epochs of every trial (then not searched)")
+    parser.add_argument("--archs", default=",".join(ARCHS),
+                        help=f"comma list of architectures to search, of {', '.join(ARCHS)}")
+    parser.add_argument("--max-params", type=int, default=None,
+                        help="prune a trial whose model has more parameters than this before it trains")
+    parser.add_argument("--prune-after", type=int, default=5,
+                        help="trials that must complete before the median pruner stops any")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampler (trial N draws from seed + N)")
+    parser.add_argument("--threads", default="1", help="CPU threads of each trial (a number or auto)")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:split])
+    args.train_flags = train_flags = argv[split + 1 :]
+    # the flags that go to the trials (--max-steps, --epochs, --threads, after `--`) are checked by train's parser
+    if args.trials < 1:
+        parser.error(f"--trials must be positive, got {args.trials}")
+    if args.max_params is not None and args.max_params < 1:
+        parser.error(f"--max-params must be positive, got {args.max_params}")
+    if args.prune_after < 0:
+        parser.error(f"--prune-after must be non-negative, got {args.prune_after}")
+    if not args.study:
+        parser.error("--study must not be empty")
+    args.archs = [a.strip() for a in args.archs.split(",") if a.strip()]
+    unknown = [a for a in args.archs if a not in ARCHS]
+    if unknown or not args.archs or len(set(args.archs)) != len(args.archs):
+        parser.error(f"--archs takes distinct names of {', '.join(ARCHS)}, got {','.join(args.archs) or 'none'}")
+    for flag in ("-o", "--work-dir", "-i", "--input-file", "--resume", "--sample-only", "--threads", "--arch"):
+        if any(f == flag or f.startswith(flag + "=") for f in train_flags):
+            parser.error(f"{flag} after `--` belongs to the sweep (--archs for --arch), not to its trials")
+    return args
+
+
+def require_optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise UserError(INSTALL_HINT) from None
+    return optuna
+
+
+# ---------------------------------------------------------------------------------------- search space
+
+
+def fixed_settings(args):
+    """The searched settings that the sweep's flags fix, so that no trial searches or passes them."""
+    given = train.parse_args([*base_flags(args), "--threads", args.threads])  # train's parser checks its flags
+    # train flags default to None, "the recipe's"; --archs alone decides the arch
+    fixed = {name for name in SEARCHED if name != "arch" and getattr(given, name, None) is not None}
+    if given.max_steps is not None:
+        fixed.add("epochs")  # with a step count the epoch count has no effect
+    if len(args.archs) == 1:
+        fixed.add("arch")
+    return fixed
+
+
+def suggest_settings(trial, fixed, archs):
+    """The trial's values of the searched settings that are not fixed: {setting: value}."""
+    settings = {}
+
+    def searched(name):
+        return name not in fixed
+
+    if searched("arch"):
+        settings["arch"] = trial.suggest_categorical("arch", archs)
+    if searched("n_embd"):
+        settings["n_embd"] = trial.suggest_int("n_embd", 8, 64, step=8)
+    if searched("n_hidden"):
+        settings["n_hidden"] = trial.suggest_int("n_hidden", 32, 512, log=True)
+    if searched("block_size"):
+        settings["block_size"] = trial.suggest_categorical("block_size", [8, 16, 32])
+    if searched("learning_rate"):
+        settings["learning_rate"] = trial.suggest_float("learning_rate", 1e-3, 3e-2, log=True)
+    if searched("weight_decay"):
+        settings["weight_decay"] = trial.suggest_float("weight_decay", 0.01, 4.0, log=True)
+    if searched("dropout") and settings.get("arch", archs[0]) == "gated":
+        settings["dropout"] = trial.suggest_float("dropout", 0.0, 0.3)
+    if searched("batch_size"):
+        settings["batch_size"] = trial.suggest_categorical("batch_size", [32, 64, 128, 256])
+    if searched("epochs"):
+        settings["epochs"] = trial.suggest_int("epochs", 3, 30)
+    return settings
+
+
+def setting_flags(settings):
+    return [token for name, value in settings.items() for token in (f"--{name.replace('_', '-')}", str(value))]
+
+
+def base_flags(args):
+    """The train flags every trial shares: the recipe, the run-length bounds and the flags after `--`."""
+    flags = ["--recipe", args.recipe]
+    if len(args.archs) == 1 and args.archs[0] != DEFAULT_ARCH:
+        flags += ["--arch", args.archs[0]]
+    if args.max_steps is not None:
+        flags += ["--max-steps", str(args.max_steps)]
+    if args.epochs is not None:
+        flags += ["--epochs", f"{args.epochs:g}"]
+    return flags + args.train_flags
+
+
+def model_parameters(flags, vocab):
+    """The parameter count of the model that `python -m wavenet_conv.train FLAGS` would train."""
+    given = train.parse_args(flags)
+    recipe = get_recipe(given.recipe, **train.recipe_overrides(given))
+    return count_parameters(create_model(recipe, vocab, given.seed))
+
+
+# --------------------------------------------------------------------------------------------- storage
+
+
+def storage_url(args):
+    return args.storage or f"sqlite:///{Path(args.work_dir) / 'study.db'}"
+
+
+@contextlib.contextmanager
+def sqlite_creation_lock(url):
+    """Workers that open a new SQLite file at once race to create its tables; one at a time they do not.
+
+    Locks the directory of the database file (flock works on a directory's descriptor); other URLs: no lock.
+    """
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        yield
+        return
+    directory = os.open(Path(parsed.database).resolve().parent, os.O_RDONLY)
+    try:
+        fcntl.flock(directory, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(directory)  # releases the lock
+
+
+def open_study(args, optuna, settings):
+    """The study --study in the storage, created if new; a UserError if it was started with other settings."""
+    url = storage_url(args)
+    try:
+        with sqlite_creation_lock(url), warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the heartbeat's
+            engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if url.startswith("sqlite") else {}
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
+                                                 grace_period=HEARTBEAT_GRACE_S)
+            study = optuna.create_study(
+                storage=storage, study_name=args.study, direction="minimize", load_if_exists=True,
+                sampler=trial_sampler(args.seed),
+                pruner=optuna.pruners.MedianPruner(n_startup_trials=args.prune_after))
+            started_with = study.user_attrs.get("settings")
+            if started_with is None:
+                study.set_user_attr("settings", settings)
+    except ImportError as e:
+        hint = " (pip install psycopg2-binary)" if url.startswith("postgres") else ""
+        raise UserError(f"cannot open --storage {hide_password(url)}: {first_line(e)}{hint}") from None
+    except Exception as e:  # SQLAlchemy's errors: a bad URL, an unreachable server, an unwritable file
+        raise UserError(f"cannot open --storage {hide_password(url)}: {first_line(e)}") from None
+    if started_with is not None and started_with != settings:
+        keys = sorted(settings.keys() | started_with.keys())
+        differ = ", ".join(f"{k} {started_with.get(k)!r} (here {settings.get(k)!r})"
+                           for k in keys if started_with.get(k) != settings.get(k))
+        raise UserError(f"study {args.study!r} was started with other settings: {differ}; give the same flags, "
+                        f"or another --study")
+    return study
+
+
+def trial_sampler(seed):
+    from wavenet_conv.trial_sampler import TrialSeededTPE
+
+    return TrialSeededTPE(seed)
+
+
+def hide_password(url):
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not even a URL: show it as given
+        return repr(url)
+
+
+def first_line(error):
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def study_settings(args):
+    """What every worker of a study must share: the trials' fixed flags, the search, and the data itself."""
+    return {"train_flags": base_flags(args), "archs": args.archs, "max_params": args.max_params,
+            "input_sha256": hashlib.sha256(Path(args.input_file).read_bytes()).hexdigest()}
+
+
+# ---------------------------------------------------------------------------------------------- trials
+
+
+def report_to(trial, optuna):
+    """The trainer's on_validation hook: each validation loss goes to the pruner, which may stop the trial."""
+
+    def on_validation(step, val_loss):
+        trial.report(val_loss, step)
+        if trial.should_prune():
+            message = f"at step {step}, validation loss {val_loss:.4f}"
+            trial.set_user_attr("pruned", message)
+            raise optuna.TrialPruned(message)
+
+    return on_validation
+
+
+def make_objective(args, optuna, vocab, fixed):
+    def objective(trial):
+        flags = base_flags(args) + setting_flags(suggest_settings(trial, fixed, args.archs))
+        trial.set_user_attr("train_flags", flags)
+        if args.max_params is not None:
+            params = model_parameters(flags, vocab)
+            if params > args.max_params:
+                message = f"{params:,} parameters, more than --max-params {args.max_params:,}"
+                trial.set_user_attr("pruned", message)
+                raise optuna.TrialPruned(message)
+        work_dir = Path(args.work_dir) / f"trial-{trial.number:04d}"
+        work_dir.mkdir(parents=True, exist_ok=True)
+        trial.set_user_attr("work_dir", str(work_dir))
+        argv = [*flags, "-i", str(args.input_file), "-o", str(work_dir), "--threads", args.threads]
+        with open(work_dir / "train.log", "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            try:
+                summary = train.main(argv, on_validation=report_to(trial, optuna))
+            except SystemExit as e:
+                if e.code != 2:  # stopped by a signal (Ctrl-C, SIGTERM): the whole sweep stops
+                    raise KeyboardInterrupt from None
+                error = "training stopped"
+            else:
+                error = None
+        if error is not None:
+            lines = (work_dir / "train.log").read_text().strip().splitlines()
+            error = lines[-1] if lines else error
+            trial.set_user_attr("error", error)
+            raise TrialFailed(error)
+        trial.set_user_attr("params", summary["params"])
+        return summary["val_loss"]  # the kept (best-validation) model's loss
+
+    return objective
+
+
+def describe(params):
+    return " ".join(f"{name}={value:.3g}" if isinstance(value, float) else f"{name}={value}"
+                    for name, value in params.items())
+
+
+def print_trial(study, trial):
+    """optimize's callback: one line per finished trial."""
+    state = trial.state.name.lower()
+    if state == "complete":
+        outcome = f"val {trial.value:.4f}, {trial.user_attrs.get('params', 0):,} parameters"
+    elif state == "pruned":
+        outcome = f"pruned {trial.user_attrs.get('pruned', '')}"
+    else:
+        outcome = f"{state}: {trial.user_attrs.get('error', 'see its train.log')}"
+    seconds = trial.duration.total_seconds() if trial.duration else 0.0
+    print(f"trial {trial.number}: {outcome} | {describe(trial.params) or 'no searched settings'} | {seconds:.1f} s",
+          flush=True)
+
+
+# ------------------------------------------------------------------------------------------ the end
+
+
+def best_command(args, trial):
+    """The best trial as a train command, with a fresh work dir."""
+    flags = list(trial.user_attrs["train_flags"])
+    if str(args.input_file) != DEFAULT_INPUT:
+        flags += ["-i", str(args.input_file)]
+    return "python -m wavenet_conv.train " + shlex.join([*flags, "-o", str(Path(args.work_dir) / "best")])
+
+
+def report_best(args, study):
+    """Counts, the best trial and its train command; False when no trial of the study has completed."""
+    trials = study.get_trials(deepcopy=False)
+    counts = {}
+    for t in trials:
+        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+    summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    if not counts.get("complete"):
+        print(f"study {args.study!r}: no trial has completed yet ({summary})")
+        return False
+    best = study.best_trial
+    print(f"study {args.study!r}: {len(trials)} trials ({summary}); best: trial {best.number}, "
+          f"validation loss {best.value:.4f}, {best.user_attrs.get('params', 0):,} parameters")
+    print(f"  {describe(best.params) or 'no searched settings'}")
+    print(best_command(args, best))
+    return True
+
+
+def write_plots(study, work_dir, optuna):
+    """history.png, and importance.png when two completed trials differ in a searched setting (a note otherwise)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+    from optuna.visualization.matplotlib import plot_optimization_history, plot_param_importances
+
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not complete:
+        print("note: no plots: no trial has completed")
+        return
+    varying = {name for t in complete for name in t.params if len({str(u.params.get(name)) for u in complete}) > 1}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        history = plot_optimization_history(study, target_name="validation loss")
+        save_figure(history.figure, work_dir / "history.png", plt)
+        if len(complete) < 2 or not varying:
+            print("note: no importance.png: it needs two completed trials that differ in a searched setting")
+            return
+        try:
+            importance = plot_param_importances(study, target_name="validation loss")
+            save_figure(importance.figure, work_dir / "importance.png", plt)
+        except (RuntimeError, ValueError, ImportError) as e:  # unrankable settings; old Optuna wants scikit-learn
+            plt.close("all")
+            print(f"note: no importance.png: {first_line(e)}")
+
+
+def save_figure(figure, path, plt):
+    """Written under a temporary name, then renamed: workers that finish together never leave half a PNG."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    figure.savefig(partial, format="png", dpi=100, bbox_inches="tight")  # tight: the legend sits outside the axes
+    plt.close(figure)
+    os.replace(partial, path)
+
+
+@exit_on_user_error
+def main(argv=None):
+    args = parse_args(argv)
+    fixed = fixed_settings(args)  # also checks the train flags after `--`
+    optuna = require_optuna()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial comes from print_trial
+    vocab, _ = train.load_data(args.input_file)  # a bad input file stops here, not in every trial
+    work_dir = Path(args.work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    study = open_study(args, optuna, study_settings(args))
+    print(f"study {args.study!r} in {hide_password(storage_url(args))}: {args.trials} trials of recipe {args.recipe} "
+          f"in this worker", flush=True)
+    try:
+        study.optimize(make_objective(args, optuna, vocab, fixed), n_trials=args.trials, catch=(TrialFailed,),
+                       callbacks=[print_trial])
+    except KeyboardInterrupt:
+        print("interrupted: the running trial is marked failed; the study keeps the others", file=sys.stderr)
+        raise SystemExit(130) from None
+    completed = report_best(args, study)
+    write_plots(study, work_dir, optuna)
+    if not completed:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
