@@ -53,7 +53,7 @@ class SplitEvaluator:
     """The full-split loss of a model; the split's batches are built once and reused at every evaluation.
 
     The conv runs in its packed form (no padding, each node once), or with packed=False over padded items;
-    the tree runs over windows.
+    the gated arch's conv has no packed form and always runs over padded items; the tree runs over windows.
     """
 
     def __init__(self, words, vocab, packed=True):
@@ -62,13 +62,13 @@ class SplitEvaluator:
         self.packed = packed
         self.batches = {}
 
-    def batches_for(self, model_type, block_size, device):
-        key = (model_type, block_size, str(device))
+    def batches_for(self, form, block_size, device):
+        key = (form, block_size, str(device))
         if key not in self.batches:
-            if model_type == "conv" and self.packed:
+            if form == "packed":
                 batches = [(p.to(device), y.to(device))
                            for p, y in packed_batches(encode_items(self.words, self.vocab), block_size)]
-            elif model_type == "conv":
+            elif form == "items":
                 batches = [(x.to(device), y.to(device)) for x, y in item_batches(encode_items(self.words, self.vocab))]
             else:
                 batches = [(x.to(device), y.to(device))
@@ -79,9 +79,9 @@ class SplitEvaluator:
     def loss(self, model):
         """Mean cross-entropy over every prediction of the split, in eval mode; the model's mode is restored."""
         device = next(model.parameters()).device
-        model_type = model_type_of(model)
-        batches = self.batches_for(model_type, model.config.block_size, device)
-        forward = PackedConvWaveNet(model) if model_type == "conv" and self.packed else model
+        form = input_form(model, self.packed)
+        batches = self.batches_for(form, model.config.block_size, device)
+        forward = PackedConvWaveNet(model) if form == "packed" else model
         was_training = model.training
         forward.eval()
         total, count = 0.0, 0
@@ -98,6 +98,13 @@ class SplitEvaluator:
         finally:
             model.train(was_training)
         return total / count
+
+
+def input_form(model, packed=True):
+    """windows (a tree), packed (the lecture arch's conv, when packing) or items (padded whole items)."""
+    if model_type_of(model) == "tree":
+        return "windows"
+    return "packed" if packed and model.config.arch == "lecture" else "items"
 
 
 def split_loss(model, words, vocab):

@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from wavenet_conv.checkpoint import CHECKPOINT_NAME, load, load_checkpoint, save_checkpoint
-from wavenet_conv.config import ModelConfig
+from wavenet_conv.checkpoint import CHECKPOINT_NAME, load, load_checkpoint, model_classes, save_checkpoint
+from wavenet_conv.config import ARCHS, ModelConfig
 from wavenet_conv.conv import ConvWaveNet
 from wavenet_conv.data import (
     DEFAULT_INPUT, Vocab, bucketed_batches, build_windows, encode_items, pad_items, read_words, split_words,
@@ -38,7 +38,6 @@ from wavenet_conv.evaluate import SPLIT_NAMES, SplitEvaluator, check_vocab
 from wavenet_conv.optimizers import AdamW, LectureSGD
 from wavenet_conv.packed import PackedConvWaveNet, packed_batch
 from wavenet_conv.recipes import DEFAULT_RECIPE, RECIPES, Recipe, get_recipe
-from wavenet_conv.tree import TreeWaveNet
 
 RESUME_NAME = "last.pt"
 PACKED = True  # train the conv through its packed form (the same function, faster); off: padded batches
@@ -84,6 +83,11 @@ def parse_args(argv):
     parser.add_argument("--n-embd", type=int, default=None, help="number of embedding channels")
     parser.add_argument("--n-hidden", type=int, default=None, help="number of hidden channels of every level")
     parser.add_argument("--block-size", type=int, default=None, help="context length, a power of two")
+    parser.add_argument("--arch", choices=ARCHS, default=None,
+                        help="lecture: makemore part 5's levels; gated: WaveNet's gated residual blocks with skips, "
+                             "n_embd residual channels and n_hidden gate channels (default: the recipe's)")
+    parser.add_argument("--dropout", type=float, default=None,
+                        help="gated arch: dropout on each level's gated activations (default: the recipe's)")
     parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="auto picks CUDA when it really works")
     parser.add_argument("--threads", default="auto",
                         help="CPU threads: a number, or auto (all cores, fewer when other processes keep them busy)")
@@ -106,6 +110,8 @@ def parse_args(argv):
         value = getattr(args, flag)
         if value is not None and not value > 0:
             parser.error(f"--{flag.replace('_', '-')} must be positive, got {value}")
+    if args.dropout is not None and not 0 <= args.dropout < 1:
+        parser.error(f"--dropout must be in [0, 1), got {args.dropout}")
     if args.num_samples < 0:
         parser.error(f"--num-samples must be non-negative, got {args.num_samples}")
     if args.threads != "auto" and not (args.threads.isdigit() and int(args.threads) > 0):
@@ -144,7 +150,7 @@ def recipe_overrides(args):
     return {"model": args.model, "batching": args.batching, "max_steps": args.max_steps, "epochs": args.epochs,
             "batch_size": args.batch_size, "learning_rate": args.learning_rate, "weight_decay": args.weight_decay, "n_embd": args.n_embd,
             "n_hidden": args.n_hidden, "block_size": args.block_size, "eval_interval": args.eval_interval,
-            "log_interval": args.log_interval}
+            "log_interval": args.log_interval, "arch": args.arch, "dropout": args.dropout}
 
 
 # ---------------------------------------------------------------------------------------------- batches
@@ -183,7 +189,7 @@ class NameBatches:
     the same function as the padded ConvWaveNet, so random batches cost no padding either.
     """
 
-    def __init__(self, items, batch_size, block_size, device, seed, bucketed=False):
+    def __init__(self, items, batch_size, block_size, device, seed, bucketed=False, packed=True):
         if len(items) < batch_size:
             raise UserError(f"--batch-size {batch_size} is larger than the {len(items)} training items")
         self.items = items
@@ -191,6 +197,7 @@ class NameBatches:
         self.block_size = block_size
         self.device = device
         self.bucketed = bucketed
+        self.packed = packed
         self.generator = torch.Generator().manual_seed(seed)
         self.epoch_start = self.generator.get_state()
         self.epoch = None  # the current epoch's batches, as index lists
@@ -215,7 +222,7 @@ class NameBatches:
             self.position = 0
         batch = [self.items[i] for i in self.epoch[self.position]]
         self.position += 1
-        return make_name_batch(batch, self.block_size, self.device)
+        return make_name_batch(batch, self.block_size, self.device, self.packed)
 
     def state(self):
         """Mid-epoch position: the generator state before this epoch's draw, and the batches done."""
@@ -229,9 +236,9 @@ class NameBatches:
             self.position = state["position"]
 
 
-def make_name_batch(items, block_size, device):
+def make_name_batch(items, block_size, device, packed=True):
     """Packed items and their targets (each item's characters, then '.'), or right-padded x, y without packing."""
-    if not PACKED:
+    if not packed:
         x, y = pad_items(items)
         return x.to(device), y.to(device)
     packed, targets = packed_batch(items, block_size)
@@ -278,13 +285,18 @@ def learning_rate_at(step, recipe, max_steps):
 
 def create_model(recipe, vocab, seed):
     """torch.manual_seed(seed), then the model; the lecture init builds the tree first (its layer order)."""
-    config = ModelConfig(len(vocab), recipe.block_size, recipe.n_embd, recipe.n_hidden)
+    config = model_config(recipe, vocab)
+    tree_class, conv_class = model_classes(recipe.arch)
     torch.manual_seed(seed)
     if recipe.model == "tree":
-        return TreeWaveNet(config)
+        return tree_class(config)
     if recipe.init == "lecture":
-        return ConvWaveNet.from_tree(TreeWaveNet(config))
-    return ConvWaveNet(config)
+        return conv_class.from_tree(tree_class(config))
+    return conv_class(config)
+
+
+def model_config(recipe, vocab):
+    return ModelConfig(len(vocab), recipe.block_size, recipe.n_embd, recipe.n_hidden, recipe.arch, recipe.dropout)
 
 
 def set_bn_momentum(model, momentum):
@@ -356,8 +368,10 @@ class Trainer:
         if recipe.model == "tree":
             self.batches = WindowBatches(splits["train"], vocab, recipe.block_size, recipe.batch_size, device)
         else:
+            # the gated arch has no packed form: it trains on padded batches through its own forward
             self.batches = NameBatches(encode_items(splits["train"], vocab), recipe.batch_size, recipe.block_size,
-                                       device, seed, bucketed=recipe.batching == "bucketed")
+                                       device, seed, bucketed=recipe.batching == "bucketed",
+                                       packed=PACKED and recipe.arch == "lecture")
         if recipe.max_steps is not None:
             self.max_steps = recipe.max_steps
         else:
@@ -643,7 +657,7 @@ def plan_run(args, vocab, work_dir):
             raise CheckpointError(f"{str(work_dir / RESUME_NAME)!r} is not a training checkpoint (no recipe)")
         recipe, seed = resumed_recipe(state, args), state["seed"]
     try:
-        ModelConfig(len(vocab), recipe.block_size, recipe.n_embd, recipe.n_hidden)
+        model_config(recipe, vocab)
     except ValueError as e:
         raise UserError(str(e)) from None
     return recipe, seed, state
