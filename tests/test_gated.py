@@ -12,7 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from test_equivalence import LARGE_GAP, TOLERANCE, VOCAB, assert_equivalent, logit_gaps, max_logit_gap, random_words
+from test_equivalence import (
+    LARGE_GAP, TOLERANCE, VOCAB, assert_causal_with_exactly_the_window, assert_equivalent, backward_summed_losses,
+    logit_gaps, max_logit_gap, random_words,
+)
 from test_train import TINY, run, syllable_words
 from torch.testing import assert_close
 
@@ -117,19 +120,7 @@ def test_gradients_equal_the_summed_tree_gradients(block_size, training):
     """d(conv's summed loss over every position)/dW = sum over windows of d(tree loss)/dW, mapped to the conv."""
     tree = random_gated_tree(gated_config(block_size), seed=5).train(training)
     conv = conv_twin(tree)
-    words = random_words(block_size, seed=5)
-    x, y = pad_items(encode_items(words, VOCAB))
-    windows, targets = build_windows(words, VOCAB, block_size)
-
-    logits, mean_loss = conv(x, y)
-    conv_loss = F.cross_entropy(rearrange(logits, "b t v -> (b t) v"), rearrange(y, "b t -> (b t)"),
-                                ignore_index=IGNORE_INDEX, reduction="sum")
-    tree_logits, tree_mean_loss = tree(windows, targets)
-    tree_loss = F.cross_entropy(tree_logits, targets, reduction="sum")
-    assert_close(conv_loss, tree_loss, atol=1e-10, rtol=1e-10)
-    assert_close(mean_loss, tree_mean_loss, atol=1e-10, rtol=1e-10)
-    conv_loss.backward()
-    tree_loss.backward()
+    backward_summed_losses(tree, conv, random_words(block_size, seed=5))
 
     pairs = weight_pairs(tree, conv)
     assert len(pairs) == len(list(conv.parameters())) == len(list(tree.parameters()))
@@ -157,30 +148,9 @@ def test_training_ignores_extra_right_padding():
 
 # ---- causality ----
 
-@pytest.mark.parametrize("block_size", [4, 8])
+@pytest.mark.parametrize("block_size", [4, 8, 16])
 def test_future_and_too_old_tokens_never_matter(block_size):
-    conv = conv_twin(random_gated_tree(gated_config(block_size), seed=7))
-    g = torch.Generator().manual_seed(7)
-    idx = torch.randint(0, len(VOCAB), (3, 3 * block_size), generator=g)  # b t
-    idx[:, 0] = 0  # every item starts with '.'
-    logits = conv(idx)[0].detach()
-
-    def changed(positions):
-        """idx with new tokens (each differing from the old one) at the given positions."""
-        other = idx.clone()
-        other[:, positions] = (idx[:, positions] + 1 + torch.randint(0, len(VOCAB) - 1, (3, len(positions)),
-                                                                     generator=g)) % len(VOCAB)
-        return conv(other)[0].detach()
-
-    T = idx.shape[1]
-    for t in range(T - 1):
-        after = changed(list(range(t + 1, T)))
-        assert_close(after[:, : t + 1], logits[:, : t + 1], atol=0, rtol=0)  # the future never leaks back
-        assert (after[:, t + 1] - logits[:, t + 1]).abs().max() > 1e-6
-    for t in range(block_size, T):
-        oldest = t - block_size + 1  # the first token of the window ending at t
-        assert_close(changed(list(range(oldest)))[:, t], logits[:, t], atol=0, rtol=0)
-        assert (changed([oldest])[:, t] - logits[:, t]).abs().max() > 1e-6
+    assert_causal_with_exactly_the_window(conv_twin(random_gated_tree(gated_config(block_size), seed=7)))
 
 
 # ---- negative controls: the same check fails on a conv that is not the tree ----
@@ -214,27 +184,20 @@ def broken_conv(tree, level_class):
     return conv
 
 
-@pytest.mark.parametrize("block_size", [4, 8, 16])
-def test_control_zero_padded_activations_fail_the_check(block_size):
+@pytest.mark.parametrize("broken_level", [ZeroPaddedLevel, EarlierResidualLevel], ids=["zeros", "earlier"])
+@pytest.mark.parametrize("block_size", [4, 8, 16])  # block 2 has one level, whose residual nothing reads
+def test_control_broken_convs_fail_the_check(block_size, broken_level):
     tree = random_gated_tree(gated_config(block_size), seed=11)
     words = random_words(block_size, seed=11)
-    broken = broken_conv(tree, ZeroPaddedLevel)
+    broken = broken_conv(tree, broken_level)
     with pytest.raises(AssertionError):
         assert_equivalent(tree, broken, words)
     gaps, positions = logit_gaps(tree, broken, words)
-    # exactly the classic symptom: wrong at the first block_size - 1 positions, right once the window is inside
-    assert gaps[positions < block_size - 1].max() > LARGE_GAP
-    assert gaps[positions >= block_size - 1].max() < TOLERANCE[torch.float64]
-
-
-@pytest.mark.parametrize("block_size", [4, 8])  # block 2 has one level, whose residual nothing reads
-def test_control_residual_from_the_earlier_child_fails_the_check(block_size):
-    tree = random_gated_tree(gated_config(block_size), seed=13)
-    words = random_words(block_size, seed=13)
-    broken = broken_conv(tree, EarlierResidualLevel)
-    with pytest.raises(AssertionError):
-        assert_equivalent(tree, broken, words)
-    assert max_logit_gap(tree, broken, words) > LARGE_GAP
+    assert gaps.max() > LARGE_GAP
+    if broken_level is ZeroPaddedLevel:
+        # the classic symptom: wrong at the first block_size - 1 positions, right once the window is inside
+        assert gaps[positions < block_size - 1].max() > LARGE_GAP
+        assert gaps[positions >= block_size - 1].max() < TOLERANCE[torch.float64]
 
 
 def test_control_c_k_weight_order_fails_the_check():

@@ -69,12 +69,9 @@ class GatedConvWaveNet(nn.Module):
             skips = skips + skip
         hidden = F.relu(self.head_hidden(F.relu(rearrange(skips, "b c t -> b t c"))))  # b t c
         logits = self.head(hidden)  # b t v
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(
-                rearrange(logits, "b t v -> (b t) v"), rearrange(targets, "b t -> (b t)"), ignore_index=IGNORE_INDEX
-            )
-        return logits, loss
+        if targets is None:
+            return logits, None
+        return logits, F.cross_entropy(rearrange(logits, "b t v -> b v t"), targets, ignore_index=IGNORE_INDEX)
 
     @classmethod
     def from_tree(cls, tree):
