@@ -609,7 +609,7 @@ def train_and_report(args, argv, started):
     else:
         (work_dir / "metrics.jsonl").unlink(missing_ok=True)
     params = count_parameters(trainer.model)
-    print(f"recipe {recipe.name}: {recipe.model} model, {params:,} parameters, {trainer.max_steps:,} steps of "
+    print(f"recipe {recipe.name}: {recipe.model} model, {recipe.arch} arch, {params:,} parameters, {trainer.max_steps:,} steps of "
           f"{recipe.batch_size} {'windows' if recipe.model == 'tree' else 'names'}, on {hardware_name(device)}")
     stopped_by = trainer.run()
     seconds = trainer.elapsed()
@@ -626,7 +626,7 @@ def train_and_report(args, argv, started):
     from wavenet_conv.plot import plot_losses
 
     plot_losses(trainer.train_losses, trainer.val_points, work_dir / "loss.png",
-                title=f"{recipe.name} recipe, {recipe.model}, {params:,} parameters")
+                title=f"{recipe.name} recipe, {recipe.model}, {recipe.arch}, {params:,} parameters")
     for line in write_samples(model, vocab, splits["train"], work_dir / "samples.txt", args.num_samples, seed):
         print(line)
     summary = {
