@@ -34,7 +34,8 @@ class ModelConfig:
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
         if self.dropout and self.arch != "gated":
-            raise ValueError(f"dropout is an option of the gated arch only, got dropout {self.dropout!r} with arch {self.arch!r}")
+            raise ValueError(f"dropout is an option of the gated arch only, got dropout {self.dropout!r} "
+                             f"with arch {self.arch!r}")
 
     @property
     def n_levels(self):

@@ -6,7 +6,7 @@ Level i fuses each pair of neighbouring nodes, earlier first, as the lecture doe
     z      = W_i · [earlier ; later] + b_i                  one Linear (2r -> 2h): filter rows, then gate rows
     gated  = tanh(z_filter) ⊙ sigmoid(z_gate)              the gated activation unit, h channels
     node   = later + R_i · gated + c_i                      1×1 residual (h -> r), from the LATER child
-    skip_i = S_i · gated(last pair) + e_i                   1×1 skip (h -> r), from the pair ending at the window's end
+    skip_i = S_i · gated(last pair) + e_i                   1×1 skip (h -> r), the pair that ends the window
     logits = O · relu(H · relu(Σ_i skip_i) + a) + o         the head: relu, 1×1, relu, 1×1 (WaveNet's)
 
 The residual comes from the later child, so a level-i node still sees exactly its 2**(i+1) tokens and the top

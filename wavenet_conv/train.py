@@ -609,8 +609,8 @@ def train_and_report(args, argv, started):
     else:
         (work_dir / "metrics.jsonl").unlink(missing_ok=True)
     params = count_parameters(trainer.model)
-    print(f"recipe {recipe.name}: {recipe.model} model, {recipe.arch} arch, {params:,} parameters, {trainer.max_steps:,} steps of "
-          f"{recipe.batch_size} {'windows' if recipe.model == 'tree' else 'names'}, on {hardware_name(device)}")
+    print(f"recipe {recipe.name}: {recipe.model} model, {recipe.arch} arch, {params:,} parameters, "
+          f"{trainer.max_steps:,} steps of {recipe.batch_size} {'windows' if recipe.model == 'tree' else 'names'}, on {hardware_name(device)}")
     stopped_by = trainer.run()
     seconds = trainer.elapsed()
     if stopped_by is not None:
