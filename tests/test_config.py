@@ -10,7 +10,8 @@ def test_levels_are_log2_of_block_size(block_size, n_levels):
 
 
 def test_defaults_are_the_lectures():
-    assert ModelConfig().to_dict() == {"vocab_size": 27, "block_size": 8, "n_embd": 24, "n_hidden": 128}
+    assert ModelConfig().to_dict() == {"vocab_size": 27, "block_size": 8, "n_embd": 24, "n_hidden": 128,
+                                       "arch": "lecture", "dropout": 0.0}
 
 
 @pytest.mark.parametrize(

@@ -147,15 +147,14 @@ def tree_grads_in_conv_layout(tree):
     return grads
 
 
-@pytest.mark.parametrize("block_size", [2, 8, 16])
-def test_gradients_equal_the_summed_tree_gradients(make_random_tree, torch_device, block_size):
-    """Eval mode: d(conv's summed loss over every position)/dW = sum over windows of d(tree loss)/dW, mapped."""
-    tree = make_random_tree(small_config(block_size), seed=5, device=torch_device)
-    conv = ConvWaveNet.from_tree(tree)
-    words = random_words(block_size, seed=5)
-    x, y = (t.to(torch_device) for t in pad_items(encode_items(words, VOCAB)))
-    windows, targets = (t.to(torch_device) for t in build_windows(words, VOCAB, block_size))
+def backward_summed_losses(tree, conv, words):
+    """Backward through the conv's loss summed over every position and the tree's summed over every window.
 
+    The two sums (and the two models' own mean losses) must be equal before any gradient is compared.
+    """
+    device = tree.head.weight.device
+    x, y = (t.to(device) for t in pad_items(encode_items(words, VOCAB)))
+    windows, targets = (t.to(device) for t in build_windows(words, VOCAB, tree.config.block_size))
     logits, mean_loss = conv(x, y)
     conv_loss = F.cross_entropy(rearrange(logits, "b t v -> (b t) v"), rearrange(y, "b t -> (b t)"),
                                 ignore_index=IGNORE_INDEX, reduction="sum")
@@ -165,6 +164,14 @@ def test_gradients_equal_the_summed_tree_gradients(make_random_tree, torch_devic
     assert_close(mean_loss, tree_mean_loss, atol=1e-10, rtol=1e-10)
     conv_loss.backward()
     tree_loss.backward()
+
+
+@pytest.mark.parametrize("block_size", [2, 8, 16])
+def test_gradients_equal_the_summed_tree_gradients(make_random_tree, torch_device, block_size):
+    """Eval mode: d(conv's summed loss over every position)/dW = sum over windows of d(tree loss)/dW, mapped."""
+    tree = make_random_tree(small_config(block_size), seed=5, device=torch_device)
+    conv = ConvWaveNet.from_tree(tree)
+    backward_summed_losses(tree, conv, random_words(block_size, seed=5))
 
     expected = tree_grads_in_conv_layout(tree)
     got = {name: p.grad for name, p in conv.named_parameters()}
@@ -178,8 +185,13 @@ def test_gradients_equal_the_summed_tree_gradients(make_random_tree, torch_devic
 
 @pytest.mark.parametrize("block_size", [4, 8])
 def test_future_and_too_old_tokens_never_matter(make_random_tree, block_size):
-    conv = ConvWaveNet.from_tree(make_random_tree(small_config(block_size), seed=7))
-    g = torch.Generator().manual_seed(7)
+    assert_causal_with_exactly_the_window(ConvWaveNet.from_tree(make_random_tree(small_config(block_size), seed=7)))
+
+
+def assert_causal_with_exactly_the_window(conv, seed=7):
+    """Later tokens never move earlier logits; at t, tokens before the window t - block_size + 1 .. t never matter."""
+    block_size = conv.config.block_size
+    g = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, len(VOCAB), (3, 3 * block_size), generator=g)  # b t
     logits = conv(idx)[0].detach()
 

@@ -13,6 +13,7 @@ _SOURCE_MODULE = {
     "pad_items": "data", "read_words": "data", "split_words": "data",
     "CheckpointError": "errors", "DatasetError": "errors", "UserError": "errors",
     "FoldedConvWaveNet": "folded",
+    "GatedConvWaveNet": "gated_conv", "GatedTreeWaveNet": "gated_tree",
     "TreeWaveNet": "tree",
 }
 

@@ -16,22 +16,30 @@ CHECKPOINT_NAME = "model.pt"
 MODEL_TYPES = ("conv", "tree")
 
 
-def model_type_of(model):
+def model_classes(arch):
+    """(tree class, conv class) of an architecture: the two forms of one model."""
     from wavenet_conv.conv import ConvWaveNet
+    from wavenet_conv.gated_conv import GatedConvWaveNet
+    from wavenet_conv.gated_tree import GatedTreeWaveNet
     from wavenet_conv.tree import TreeWaveNet
 
-    if isinstance(model, ConvWaveNet):
-        return "conv"
-    if isinstance(model, TreeWaveNet):
-        return "tree"
+    return {"lecture": (TreeWaveNet, ConvWaveNet), "gated": (GatedTreeWaveNet, GatedConvWaveNet)}[arch]
+
+
+def model_type_of(model):
+    config = getattr(model, "config", None)
+    if config is not None:
+        tree_class, conv_class = model_classes(config.arch)
+        if isinstance(model, conv_class):
+            return "conv"
+        if isinstance(model, tree_class):
+            return "tree"
     raise TypeError(f"cannot checkpoint a {type(model).__name__}")
 
 
 def build_model(model_type, config):
-    from wavenet_conv.conv import ConvWaveNet
-    from wavenet_conv.tree import TreeWaveNet
-
-    return {"conv": ConvWaveNet, "tree": TreeWaveNet}[model_type](config)
+    tree_class, conv_class = model_classes(config.arch)
+    return {"conv": conv_class, "tree": tree_class}[model_type](config)
 
 
 def save_checkpoint(path, model, vocab, **extra):

@@ -49,7 +49,8 @@ def window_batches(words, vocab, block_size, max_windows=BATCH_POSITIONS):
 class SplitEvaluator:
     """The full-split loss of a model; the split's batches are built once and reused at every evaluation.
 
-    The conv runs over whole items sorted by length, in its folded inference form; the tree over windows.
+    A conv runs over whole items sorted by length (the lecture arch's in its folded inference form); the tree
+    over windows.
     """
 
     def __init__(self, words, vocab):
@@ -77,7 +78,9 @@ class SplitEvaluator:
         total, count = 0.0, 0
         try:
             with torch.inference_mode():
-                forward = FoldedConvWaveNet(model) if model_type == "conv" else lambda x: model(x)[0]
+                # the lecture arch's conv in its folded inference form; the gated arch and the tree as they are
+                folded = model_type == "conv" and model.config.arch == "lecture"
+                forward = FoldedConvWaveNet(model) if folded else lambda x: model(x)[0]
                 for x, y in batches:
                     logits = forward(x)
                     if logits.ndim == 3:

@@ -13,6 +13,8 @@ class Recipe:
     name: str
     description: str
     model: str = "conv"  # conv: whole names, every position at once; tree: random block_size windows
+    arch: str = "lecture"  # lecture: makemore part 5's levels; gated: WaveNet's gated residual blocks with skips
+    dropout: float = 0.0  # gated arch only: dropout on each level's gated activations
     n_embd: int = 24
     n_hidden: int = 128
     block_size: int = 8

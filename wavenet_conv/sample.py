@@ -2,7 +2,8 @@
 
 - naive: the lecture's loop, one name at a time, the whole tree re-run on the last block_size tokens per character;
 - full: the conv re-run over each name's whole prefix per character, many names at once;
-- cached: Fast WaveNet generation (wavenet_conv.cache), one new node per level per character, many names at once.
+- cached: Fast WaveNet generation (wavenet_conv.cache), one new node per level per character, many names at once;
+  the lecture arch only: a gated model samples with `full` by default and refuses `cached` in one line.
 
 All three draw their randomness the same way: one uniform number per (name, position), drawn up front,
 turned into a character by inverse-CDF sampling. The same seed therefore gives the same names whichever
@@ -21,13 +22,11 @@ import torch
 import torch.nn.functional as F
 
 from wavenet_conv.cache import IncrementalWaveNet
-from wavenet_conv.checkpoint import load
-from wavenet_conv.conv import ConvWaveNet
+from wavenet_conv.checkpoint import load, model_classes, model_type_of
 from wavenet_conv.data import DEFAULT_INPUT, read_words, split_words
 from wavenet_conv.device import DEVICE_CHOICES, resolve_device
 from wavenet_conv.errors import UserError, exit_on_user_error
 from wavenet_conv.folded import FoldedConvWaveNet
-from wavenet_conv.tree import TreeWaveNet
 
 METHODS = ("naive", "full", "cached")
 MAX_LEN_BLOCKS = 4  # default max_len: the prefix plus 4 * block_size characters (names.txt: 32, its longest is 15)
@@ -52,18 +51,27 @@ def next_tokens(logits, uniforms, temperature=1.0, top_k=None):
     return torch.searchsorted(cdf, targets, right=True)[:, 0].clamp_(max=cdf.shape[-1] - 1)  # b
 
 
-def sample(model, vocab, num_samples, *, method="cached", generator=None, temperature=1.0, top_k=None,
+def sample(model, vocab, num_samples, *, method=None, generator=None, temperature=1.0, top_k=None,
            prefix="", max_len=None):
-    """`num_samples` names from a TreeWaveNet or ConvWaveNet, each starting with `prefix`.
+    """`num_samples` names from a tree or conv model of either arch, each starting with `prefix`.
+
+    method None: cached for the lecture arch, full for the gated arch (which has no cached form).
 
     A name ends at its first '.' (left out of the result) or after `max_len` characters (default: the
     prefix plus 4 * block_size). The uniforms are drawn from `generator` up front, shape [num_samples,
     max_len], so every method returns the same names for the same seed.
     """
-    if not isinstance(model, (TreeWaveNet, ConvWaveNet)):
-        raise TypeError(f"can sample from a TreeWaveNet or ConvWaveNet, not a {type(model).__name__}")
+    try:
+        model_type_of(model)
+    except TypeError:
+        raise TypeError(f"can sample from a tree or conv WaveNet, not a {type(model).__name__}") from None
+    if method is None:
+        method = "cached" if model.config.arch == "lecture" else "full"
     if method not in METHODS:
         raise SampleError(f"unknown sampling method {method!r}; choose one of {', '.join(METHODS)}")
+    if method == "cached" and model.config.arch != "lecture":
+        raise SampleError(f"the cached sampler exists for the lecture arch only; sample the {model.config.arch} "
+                          f"arch with method full or naive")
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0:
         raise SampleError(f"the number of samples must be a non-negative integer, got {num_samples!r}")
     if not (isinstance(temperature, (int, float)) and temperature > 0 and math.isfinite(temperature)):
@@ -107,11 +115,12 @@ def decode_names(tokens, vocab):
 
 
 def as_tree(model):
-    return model if isinstance(model, TreeWaveNet) else model.to_tree().eval()
+    return model if model_type_of(model) == "tree" else model.to_tree().eval()
 
 
 def as_conv(model):
-    return model if isinstance(model, ConvWaveNet) else ConvWaveNet.from_tree(model).eval()
+    conv_class = model_classes(model.config.arch)[1]
+    return model if model_type_of(model) == "conv" else conv_class.from_tree(model).eval()
 
 
 def generate_naive(model, prefix_tokens, uniforms, draw):
@@ -201,7 +210,8 @@ def main(argv=None):
     parser.add_argument("--max-len", type=int, default=None,
                         help="cut names at this many characters (default: the prefix plus twice the longest item)")
     parser.add_argument("--seed", type=int, default=42, help="seed of the sampling generator")
-    parser.add_argument("--method", default="cached", choices=METHODS, help="sampler: all return the same names")
+    parser.add_argument("--method", default=None, choices=METHODS,
+                        help="sampler: all return the same names (default: cached, or full for the gated arch)")
     parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
                         help="device to sample on (auto: CUDA when it works); the names do not depend on it")
     parser.add_argument("--input-file", "-i", default=None,

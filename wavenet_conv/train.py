@@ -27,13 +27,13 @@ import torch
 from tqdm import tqdm
 
 from wavenet_conv.checkpoint import CHECKPOINT_NAME, load, load_checkpoint
-from wavenet_conv.config import ModelConfig
+from wavenet_conv.config import ARCHS
 from wavenet_conv.data import DEFAULT_INPUT, Vocab, read_words, split_words
 from wavenet_conv.device import DEVICE_CHOICES, resolve_device
 from wavenet_conv.errors import CheckpointError, UserError, exit_on_user_error
 from wavenet_conv.evaluate import SPLIT_NAMES, SplitEvaluator, check_vocab
 from wavenet_conv.recipes import DEFAULT_RECIPE, RECIPES, Recipe, get_recipe
-from wavenet_conv.trainer import RESUME_NAME, Trainer, count_parameters, output_is_terminal
+from wavenet_conv.trainer import RESUME_NAME, Trainer, count_parameters, model_config, output_is_terminal
 
 # flags that may change when a run is resumed; the others describe the run itself and must match its checkpoint
 RESUMABLE = ("max_steps", "epochs", "eval_interval", "log_interval")
@@ -73,6 +73,11 @@ def parse_args(argv):
     parser.add_argument("--n-embd", type=int, default=None, help="number of embedding channels")
     parser.add_argument("--n-hidden", type=int, default=None, help="number of hidden channels of every level")
     parser.add_argument("--block-size", type=int, default=None, help="context length, a power of two")
+    parser.add_argument("--arch", choices=ARCHS, default=None,
+                        help="lecture: makemore part 5's levels; gated: WaveNet's gated residual blocks with skips, "
+                             "n_embd residual channels and n_hidden gate channels (default: the recipe's)")
+    parser.add_argument("--dropout", type=float, default=None,
+                        help="gated arch: dropout on each level's gated activations (default: the recipe's)")
     parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="auto picks CUDA when it really works")
     parser.add_argument("--threads", default="auto",
                         help="CPU threads: a number, or auto (all cores, fewer when other processes keep them busy)")
@@ -95,6 +100,8 @@ def parse_args(argv):
         value = getattr(args, flag)
         if value is not None and not value > 0:
             parser.error(f"--{flag.replace('_', '-')} must be positive, got {value}")
+    if args.dropout is not None and not 0 <= args.dropout < 1:
+        parser.error(f"--dropout must be in [0, 1), got {args.dropout}")
     if args.num_samples < 0:
         parser.error(f"--num-samples must be non-negative, got {args.num_samples}")
     if args.threads != "auto" and not (args.threads.isdigit() and int(args.threads) > 0):
@@ -133,7 +140,7 @@ def recipe_overrides(args):
     return {"model": args.model, "batching": args.batching, "max_steps": args.max_steps, "epochs": args.epochs,
             "batch_size": args.batch_size, "learning_rate": args.learning_rate, "weight_decay": args.weight_decay, "n_embd": args.n_embd,
             "n_hidden": args.n_hidden, "block_size": args.block_size, "eval_interval": args.eval_interval,
-            "log_interval": args.log_interval}
+            "log_interval": args.log_interval, "arch": args.arch, "dropout": args.dropout}
 
 
 @exit_on_user_error
@@ -164,7 +171,7 @@ def train_and_report(args, argv, started, on_validation=None):
     else:
         (work_dir / "metrics.jsonl").unlink(missing_ok=True)
     params = count_parameters(trainer.model)
-    print(f"recipe {recipe.name}: {recipe.model} model, {params:,} parameters, {trainer.max_steps:,} steps of "
+    print(f"recipe {recipe.name}: {recipe.model} model, {recipe.arch} arch, {params:,} parameters, {trainer.max_steps:,} steps of "
           f"{recipe.batch_size} {trainer.batches.unit}, on {hardware_name(device)}")
     stopped_by = trainer.run()
     seconds = trainer.elapsed()
@@ -183,7 +190,7 @@ def train_and_report(args, argv, started, on_validation=None):
     from wavenet_conv.plot import plot_losses
 
     plot_losses(trainer.train_losses, trainer.val_points, work_dir / "loss.png",
-                title=f"{recipe.name} recipe, {recipe.model}, {params:,} parameters")
+                title=f"{recipe.name} recipe, {recipe.model}, {recipe.arch}, {params:,} parameters")
     for line in write_samples(model, vocab, splits["train"], work_dir / "samples.txt", args.num_samples, seed):
         print(line)
     summary = {
@@ -214,7 +221,7 @@ def plan_run(args, vocab, work_dir):
             raise CheckpointError(f"{str(work_dir / RESUME_NAME)!r} is not a training checkpoint (no recipe)")
         recipe, seed = resumed_recipe(state, args), state["seed"]
     try:
-        ModelConfig(len(vocab), recipe.block_size, recipe.n_embd, recipe.n_hidden)
+        model_config(recipe, vocab)
     except ValueError as e:
         raise UserError(str(e)) from None
     return recipe, seed, state

@@ -20,14 +20,12 @@ from tqdm import tqdm
 
 from wavenet_conv.batches import training_batches
 from wavenet_conv.checkpoint import (
-    CHECKPOINT_NAME, link_checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint,
+    CHECKPOINT_NAME, link_checkpoint, load_checkpoint, model_classes, model_from_checkpoint, save_checkpoint,
 )
 from wavenet_conv.config import ModelConfig
-from wavenet_conv.conv import ConvWaveNet
 from wavenet_conv.errors import CheckpointError, UserError
 from wavenet_conv.evaluate import SplitEvaluator
 from wavenet_conv.optimization import make_optimizer, make_scheduler
-from wavenet_conv.tree import TreeWaveNet
 
 RESUME_NAME = "last.pt"
 SAVE_EVERY_S = 30  # last.pt is never older than this while training runs
@@ -40,13 +38,18 @@ class TrainingDiverged(UserError):
 
 def create_model(recipe, vocab, seed):
     """torch.manual_seed(seed), then the model; the lecture init builds the tree first (its layer order)."""
-    config = ModelConfig(len(vocab), recipe.block_size, recipe.n_embd, recipe.n_hidden)
+    config = model_config(recipe, vocab)
+    tree_class, conv_class = model_classes(recipe.arch)
     torch.manual_seed(seed)
     if recipe.model == "tree":
-        return TreeWaveNet(config)
+        return tree_class(config)
     if recipe.init == "lecture":
-        return ConvWaveNet.from_tree(TreeWaveNet(config))
-    return ConvWaveNet(config)
+        return conv_class.from_tree(tree_class(config))
+    return conv_class(config)
+
+
+def model_config(recipe, vocab):
+    return ModelConfig(len(vocab), recipe.block_size, recipe.n_embd, recipe.n_hidden, recipe.arch, recipe.dropout)
 
 
 def set_bn_momentum(model, momentum):
