@@ -24,8 +24,9 @@ from wavenet_conv.checkpoint import load, model_from_checkpoint, save_checkpoint
 from wavenet_conv.config import ModelConfig
 from wavenet_conv.data import IGNORE_INDEX, Vocab, build_windows, encode_items, pad_items
 from wavenet_conv.evaluate import SplitEvaluator
+from wavenet_conv.conv import causal_pad
 from wavenet_conv.gated_conv import (
-    GatedConvLevel, GatedConvWaveNet, pad_with_start_node, tree_to_conv_layout, weight_pairs,
+    GatedConvLevel, GatedConvWaveNet, tree_to_conv_layout, weight_pairs,
 )
 from wavenet_conv.gated_tree import GatedTreeWaveNet
 from wavenet_conv.sample import SampleError, sample
@@ -173,7 +174,7 @@ class EarlierResidualLevel(GatedConvLevel):
     """Broken on purpose: the residual added to the earlier child instead of the later one."""
 
     def forward(self, x):
-        padded = pad_with_start_node(x, self.dilation)  # b c (d + t)
+        padded = causal_pad(x, self.dilation)  # b c (d + t)
         return gated_outputs(self, padded[..., : -self.dilation], padded)
 
 

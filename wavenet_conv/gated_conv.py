@@ -17,12 +17,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from wavenet_conv.conv import causal_pad
 from wavenet_conv.data import IGNORE_INDEX
-
-
-def pad_with_start_node(x, dilation):
-    """b c t -> b c (dilation + t): before position 0, copies of the all-'.' node at position 0."""
-    return F.pad(x, (dilation, 0), mode="replicate")
 
 
 class GatedConvLevel(nn.Module):
@@ -40,7 +36,7 @@ class GatedConvLevel(nn.Module):
         return self.fuse.dilation[0]
 
     def forward(self, x):
-        z = self.fuse(pad_with_start_node(x, self.dilation))  # b c t -> b 2h t
+        z = self.fuse(causal_pad(x, self.dilation))  # b c t -> b 2h t
         f, g = z.chunk(2, dim=1)  # filter, gate: b h t each
         gated = self.dropout(torch.tanh(f) * torch.sigmoid(g))  # b h t
         nodes = None if self.residual is None else x + self.residual(gated)  # b c t: residual on the later child
