@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from wavenet_conv.conv import LENGTH_GROUPS, ConvWaveNet, length_groups
+from wavenet_conv.conv import ConvWaveNet
 from wavenet_conv.data import IGNORE_INDEX, bucketed_batches, build_windows, pad_items
 from wavenet_conv.folded import FoldedConvWaveNet
 
@@ -109,11 +109,7 @@ def item_chunks(items, batch_size, device, generator):
 def chunk_macs(form, mode, config, chunks):
     if form == "conv_folded":
         return sum(folded_macs(config, *x.shape) for x, _ in chunks)
-    if mode == "eval":
-        return sum(conv_macs(config, *x.shape, mode) for x, _ in chunks)
-    # training runs each batch as groups of similar length, each cut to its longest item
-    return sum(conv_macs(config, len(rows), length, mode) for _, y in chunks
-               for rows, length in length_groups((y != IGNORE_INDEX).sum(1), LENGTH_GROUPS))
+    return sum(conv_macs(config, *x.shape, mode) for x, _ in chunks)
 
 
 # ---- the timed callables -----------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from einops import rearrange
 from torch.testing import assert_close
 
 from wavenet_conv.config import ModelConfig
-from wavenet_conv.conv import LENGTH_GROUPS, ConvWaveNet
+from wavenet_conv.conv import ConvWaveNet
 from wavenet_conv.data import IGNORE_INDEX, Vocab, build_windows, encode_items, pad_items
 from wavenet_conv.folded import FoldedConvWaveNet
 
@@ -259,12 +259,10 @@ def test_all_dot_node_padding_equals_the_token_prefix(make_random_tree, block_si
 
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
 def test_every_level_runs_its_conv1d_module(make_random_tree, training):
-    """Forward hooks see each level's nn.Conv1d called on (b, c, dilation + t) tensors, levels in order: once per
-    forward in eval mode; in training once per group of items of similar length (LENGTH_GROUPS of them)."""
+    """Forward hooks see each level's nn.Conv1d called once per forward, on (b, c, dilation + t) tensors."""
     block_size = 8
     conv = ConvWaveNet.from_tree(make_random_tree(small_config(block_size), seed=31)).train(training)
-    words = random_words(block_size, seed=31)
-    x, y = pad_items(encode_items(words, VOCAB))
+    x, y = pad_items(encode_items(random_words(block_size, seed=31), VOCAB))
     calls = []
     hooks = [module.register_forward_hook(lambda m, inputs, out: calls.append((m, inputs[0].shape, out.shape)))
              for module in conv.modules() if isinstance(module, torch.nn.Conv1d)]
@@ -274,15 +272,9 @@ def test_every_level_runs_its_conv1d_module(make_random_tree, training):
     finally:
         for hook in hooks:
             hook.remove()
-    groups = min(LENGTH_GROUPS, len(words)) if training else 1
-    assert [m for m, _, _ in calls] == [level.conv for level in conv.levels for _ in range(groups)]
-    lengths = sorted((y != IGNORE_INDEX).sum(1).tolist())
-    for i, (m, shape_in, shape_out) in enumerate(calls):
-        level, group = conv.levels[i // groups], i % groups
-        b, t = (len(words), x.shape[1]) if not training else \
-            (len(torch.tensor_split(torch.arange(len(words)), groups)[group]), None)
-        if t is None:  # the group's longest item
-            t = torch.tensor_split(torch.tensor(lengths), groups)[group].max().item()
+    assert [m for m, _, _ in calls] == [level.conv for level in conv.levels]
+    for (m, shape_in, shape_out), level in zip(calls, conv.levels, strict=True):
+        b, t = x.shape
         assert tuple(shape_in) == (b, m.in_channels, level.dilation + t)
         assert tuple(shape_out) == (b, m.out_channels, t)
     assert all(level.conv.weight.grad.abs().sum() > 0 for level in conv.levels)  # gradients flow through conv1d
