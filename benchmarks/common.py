@@ -73,10 +73,14 @@ def write_json(obj, path=None):
 
 def available_devices(choice):
     """'all' means CPU plus CUDA when a GPU really answers."""
-    from wavenet_conv.device import cuda_works
+    from wavenet_conv.device import cuda_works, resolve_device
 
     if choice == "all":
-        return ["cpu"] + (["cuda"] if cuda_works() else [])
-    if choice == "cuda" and not cuda_works():
+        devices = ["cpu"] + (["cuda"] if cuda_works() else [])
+    elif choice == "cuda" and not cuda_works():
         raise SystemExit("error: --device cuda was asked for, but no working CUDA GPU is available")
-    return [choice]
+    else:
+        devices = [choice]
+    for device in devices:
+        resolve_device(device)  # the same device settings as training (cuDNN autotuning on CUDA)
+    return devices

@@ -504,7 +504,9 @@ def parse_args(argv):
     add("--min-run-time", type=float, default=None, help="seconds per measurement (default 0.5)")
     add("--rounds", type=int, default=None, help="interleaved measurements of each workload (default 3)")
     add("--peak-size", type=int, default=None, help="square matmul size for the practical peak (CPU default 2048)")
-    add("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    add("--threads", type=int, default=1,
+        help="torch CPU threads (default 1: two OpenMP threads on a 2-core machine stall whenever anything else "
+             "runs, and the ratios then swing by 2x between runs; use 2 only on an idle machine)")
     add("--seed", type=int, default=1337, help="weights and batching")
     add("--profile", action="store_true", help="profile each form's fastest workload into the report")
     add("--quick", action="store_true", help="CPU smoke run under 30 s: block 8, one batch size, short timings")

@@ -22,7 +22,11 @@ def resolve_device(name="auto"):
     if name not in DEVICE_CHOICES:
         raise UserError(f"unknown device {name!r}; choose one of {', '.join(DEVICE_CHOICES)}")
     if name == "auto":
-        return torch.device("cuda" if cuda_works() else "cpu")
-    if name == "cuda" and not cuda_works():
+        name = "cuda" if cuda_works() else "cpu"
+    elif name == "cuda" and not cuda_works():
         raise UserError("--device cuda was asked for, but no working CUDA GPU is available")
+    if name == "cuda":
+        # batches of whole names come in a few dozen shapes (lengths), each seen again and again: let cuDNN
+        # time its convolution algorithms once per shape and keep the fastest
+        torch.backends.cudnn.benchmark = True
     return torch.device(name)
