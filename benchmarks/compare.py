@@ -55,7 +55,7 @@ FULL = {"block_sizes": [8, 16, 32], "eval_batch_sizes": [256, 512, 1024, 2048, 4
 FULL_CUDA = FULL | {"eval_batch_sizes": [4096, 16384, 65536], "train_batch_sizes": [1024, 4096, 16384, 65536],
                     "train_predictions": 262144, "loop_windows": 500, "peak_size": 8192}
 QUICK = {"block_sizes": [8], "eval_batch_sizes": [1024], "train_batch_sizes": [1024], "train_predictions": 2048,
-         "loop_windows": 256, "min_run_time": 0.1, "rounds": 3, "peak_size": 512, "eval_items": 500}
+         "loop_windows": 256, "min_run_time": 0.2, "rounds": 3, "peak_size": 512, "eval_items": 500}
 
 
 class AgreementError(AssertionError):
@@ -388,7 +388,7 @@ def markdown_report(best, env, peak, ratios, targets, profile_text, rows=()):
              f"{env['threads']} threads", "",
              markdown_table(table_rows(best), TABLE_COLUMNS), "",
              "Each form at its fastest batch size (predictions per batch or training step). MACs/pred.: the "
-             "multiply-adds of the matmuls per prediction as the form computes them (padding and all-dot nodes "
+             "multiply-adds of the matmuls and convolutions per prediction as the form computes them (padding and all-dot nodes "
              "included; training: forward and backward); GFLOP/s = 2 x MACs x predictions/s. Spread: the rate of "
              "the slowest and the fastest single timed run; IQR relative to the median.", "",
              f"Peak: float32 matmul {peak['matmul_size']}^3 measured at {peak['matmul_gflops']:.1f} GFLOP/s "
