@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import wavenet_conv
-from wavenet_conv import batches, train
+from wavenet_conv import train
 from wavenet_conv import trainer as trainer_module
 from wavenet_conv.checkpoint import link_checkpoint, load_checkpoint, save_checkpoint
 from wavenet_conv.config import ModelConfig
