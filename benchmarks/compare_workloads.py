@@ -82,13 +82,10 @@ def nominal_macs_per_prediction(config, form):
 
 # ---- batches ------------------------------------------------------------------------------------------
 
-def item_batches(items, batch_size, bucketed, generator):
-    """Index lists of items with about batch_size predictions each: length-bucketed, or in order."""
+def item_batches(items, batch_size, generator):
+    """Index lists of items of similar length, about batch_size predictions each."""
     per_item = sum(len(it) + 1 for it in items) / len(items)
-    n_items = max(1, round(batch_size / per_item))
-    if bucketed:
-        return bucketed_batches(items, n_items, generator)
-    return [list(range(i, min(i + n_items, len(items)))) for i in range(0, len(items), n_items)]
+    return bucketed_batches(items, max(1, round(batch_size / per_item)), generator)
 
 
 def windows_of(words, vocab, block_size, device):
@@ -102,7 +99,7 @@ def padded_batches(items, batches, device):
 
 def item_chunks(items, batch_size, device, generator):
     """Length-bucketed padded batches of whole items, about batch_size predictions each, and their item indices."""
-    batches = item_batches(items, batch_size, True, generator)
+    batches = item_batches(items, batch_size, generator)
     return padded_batches(items, batches, device), batches
 
 

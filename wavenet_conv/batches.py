@@ -1,4 +1,4 @@
-"""Training batches: how names become tensors for each model form, and which module computes their loss.
+"""Training batches: how names become tensors for each model form.
 
 The tree trains on the lecture's random windows (WindowBatches); the conv on epochs of whole names
 (NameBatches), right-padded (make_name_batch), through its own forward: the nn.Conv1d levels.

@@ -1,7 +1,7 @@
 """Loss over whole splits in eval mode: the conv over whole items, the tree over windows, one number either way.
 
-The conv is evaluated in its inference form (FoldedConvWaveNet: batch norm folded into the convolutions),
-over items sorted by length so that batches carry little right padding.
+A conv runs over items sorted by length, so that batches carry little right padding; the lecture arch's conv
+in its inference form (FoldedConvWaveNet: batch norm folded into the convolutions).
 
 Every next-character prediction of a split counts once, so the conv over whole items and the tree over the
 split's build_windows windows give the same mean (the same model, converted), up to float rounding.
