@@ -52,6 +52,12 @@ def test_methods_return_identical_names_float64(form, block_size, names_model):
     assert max(map(len, names["cached"])) > block_size  # names run past the first window
 
 
+def test_zero_samples_is_an_empty_list(names_model):
+    """`--num-samples 0` skips sampling (the cache once failed on a batch of no names)."""
+    names = draw_all(names_model(8), 0)
+    assert names == {m: [] for m in METHODS}
+
+
 def test_methods_return_identical_names_float32_for_thousands_of_names(names_model):
     model = names_model(8, dtype=torch.float32)
     fast = draw_all(model, 4000, methods=("full", "cached"))

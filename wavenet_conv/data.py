@@ -109,14 +109,15 @@ def encode_items(words, vocab):
 
 def pad_items(items):
     """x = [0, w1..wL], y = [w1..wL, 0], right-padded with x = 0 and y = -1 to the longest item."""
-    t = max(len(it) for it in items) + 1
+    lengths = torch.tensor([len(it) for it in items], dtype=torch.long)  # b
+    tokens = torch.tensor([tok for it in items for tok in it], dtype=torch.long)  # all items' tokens, in order
+    t = int(lengths.max()) + 1
+    is_token = torch.arange(t) < lengths[:, None]  # b t: the item's own characters, from position 0
     x = torch.zeros(len(items), t, dtype=torch.long)  # b t
     y = torch.full((len(items), t), IGNORE_INDEX, dtype=torch.long)  # b t
-    for row, it in enumerate(items):
-        tokens = torch.tensor(it, dtype=torch.long)
-        x[row, 1 : len(it) + 1] = tokens
-        y[row, : len(it)] = tokens
-        y[row, len(it)] = 0
+    x[:, 1:][is_token[:, :-1]] = tokens  # after the leading '.'
+    y[is_token] = tokens
+    y[torch.arange(len(items)), lengths] = 0  # the end marker
     return x, y
 
 

@@ -88,6 +88,8 @@ def sample(model, vocab, num_samples, *, method=None, generator=None, temperatur
     if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len <= len(prefix):
         raise SampleError(f"max_len must be an integer longer than the prefix ({len(prefix)}), got {max_len!r}")
 
+    if num_samples == 0:
+        return []
     device = next(model.parameters()).device
     uniforms = torch.rand((num_samples, max_len), generator=generator, dtype=torch.float64,
                           device=generator.device if generator is not None else "cpu").to(device)  # b t
