@@ -8,6 +8,7 @@ import pytest
 
 from test_train import assert_user_error, syllable_words
 from wavenet_conv import train
+from wavenet_conv.plot import lowest_loss_frontier
 
 optuna = pytest.importorskip("optuna")
 from wavenet_conv import sweep  # noqa: E402  (after the skip: the sweep needs optuna)
@@ -62,8 +63,9 @@ def test_one_worker_writes_trials_plots_and_the_best_as_a_train_command(tmp_path
         assert (trial_dir / "summary.json").is_file() and (trial_dir / "train.log").is_file()
         # searched: block size, learning rate, weight decay; fixed by the flags: not searched
         assert set(t.params) == {"block_size", "learning_rate", "weight_decay"}
-    for plot in ("history.png", "importance.png"):
+    for plot in ("history.png", "importance.png", "loss_vs_params.png"):
         assert (work_dir / plot).read_bytes()[:8] == PNG
+    assert {t.user_attrs["arch"] for t in trials} == {"lecture"}
     best = min(trials, key=lambda t: t.value)
     assert f"best: trial {best.number}, validation loss {best.value:.4f}" in out
     args = assert_train_command(out.strip().splitlines()[-1], work_dir)
@@ -196,3 +198,9 @@ def test_search_space():
     settings = sweep.suggest_settings(study.ask(), fixed, ["gated"])
     assert settings.keys() == {"n_embd", "n_hidden", "block_size", "learning_rate", "weight_decay", "dropout"}
     assert sweep.base_flags(sweep.parse_args(["--archs", "gated"])) == ["--recipe", "fast", "--arch", "gated"]
+
+
+def test_lowest_loss_frontier_keeps_each_size_that_beats_every_smaller_one():
+    trials = [(5000, 2.10, "lecture"), (1000, 2.30, "lecture"), (3000, 2.40, "gated"), (3000, 2.20, "lecture"),
+              (9000, 2.15, "gated")]
+    assert lowest_loss_frontier(trials) == [(1000, 2.30), (3000, 2.20), (5000, 2.10)]

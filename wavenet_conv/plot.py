@@ -1,4 +1,5 @@
-"""The lecture's loss plot: log10 of the training loss averaged over fixed-size step buckets, plus validation."""
+"""Plots: the lecture's loss plot (log10 of the training loss averaged over fixed-size step buckets, plus
+validation), and a sweep's validation loss against model size."""
 import math
 
 import numpy as np
@@ -36,5 +37,44 @@ def plot_losses(train_losses, val_points, path, title=""):
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def lowest_loss_frontier(trials):
+    """[(parameters, loss)]: each trial that has a lower loss than every trial of its size or smaller."""
+    frontier, best = [], math.inf
+    for params, loss, *_ in sorted(trials, key=lambda t: (t[0], t[1])):
+        if loss < best:
+            best = loss
+            frontier.append((params, loss))
+    return frontier
+
+
+def plot_loss_vs_params(trials, path, reference=None, title=""):
+    """trials: (parameters, validation loss, arch) of each completed trial; reference: (label, loss), a
+    horizontal line. The lowest loss at each size or smaller is drawn as a step line. Writes a PNG to `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for arch in sorted({arch for _, _, arch in trials}):
+        params, losses = zip(*[(p, v) for p, v, a in trials if a == arch])
+        ax.scatter(params, losses, s=18, label=f"{arch} arch")
+    frontier = lowest_loss_frontier(trials)
+    if frontier:
+        ax.step(*zip(*frontier), where="post", color="black", linewidth=1, label="lowest loss at this size or smaller")
+    if reference is not None:
+        ax.axhline(reference[1], color="gray", linestyle="--", linewidth=1, label=reference[0])
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("validation loss (kept model)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
     return path

@@ -9,8 +9,8 @@ workers of one machine share; on a PostgreSQL URL the workers of many machines s
 trains in-process with `wavenet_conv.train.main` in its own work dir DIR/trial-NNNN (its output in train.log)
 and scores its best validation loss; the test loss is never used. A median pruner stops a trial whose
 validation loss at an evaluation is worse than the median of the earlier trials at that step. At the end a
-worker prints the study's best trial as a `python -m wavenet_conv.train` command and writes DIR/history.png
-and DIR/importance.png.
+worker prints the study's best trial as a `python -m wavenet_conv.train` command and writes DIR/history.png,
+DIR/importance.png and DIR/loss_vs_params.png.
 
 The search space (the train flag of each setting is --name with dashes):
 
@@ -40,6 +40,7 @@ from pathlib import Path
 from wavenet_conv import train
 from wavenet_conv.data import DEFAULT_INPUT
 from wavenet_conv.errors import UserError, exit_on_user_error
+from wavenet_conv.plot import plot_loss_vs_params
 from wavenet_conv.recipes import RECIPES, get_recipe
 from wavenet_conv.trainer import count_parameters, create_model
 
@@ -53,6 +54,7 @@ SQLITE_TIMEOUT_S = 60  # a worker waits this long for another's write to the sha
 # a running trial's worker marks it alive this often; one silent for the grace period (its worker was killed) is
 # marked failed when another trial starts, so the study's counts and plots do not wait on it forever
 HEARTBEAT_S, HEARTBEAT_GRACE_S = 60, 300
+LECTURE_REFERENCE = ("the lecture's val 1.9937 (its split)", 1.9937)
 INSTALL_HINT = 'the sweep needs Optuna: pip install -e ".[sweep]"'
 
 
@@ -307,6 +309,7 @@ def make_objective(args, optuna, vocab, fixed):
             trial.set_user_attr("error", error)
             raise TrialFailed(error)
         trial.set_user_attr("params", summary["params"])
+        trial.set_user_attr("arch", summary["config"]["arch"])
         return summary["val_loss"]  # the kept (best-validation) model's loss
 
     return objective
@@ -361,7 +364,7 @@ def report_best(args, study):
 
 
 def write_plots(study, work_dir, optuna):
-    """history.png, and importance.png when two completed trials differ in a searched setting (a note otherwise)."""
+    """history.png, loss_vs_params.png, and importance.png when two completed trials differ in a searched setting (a note otherwise)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a window
@@ -372,6 +375,10 @@ def write_plots(study, work_dir, optuna):
     if not complete:
         print("note: no plots: no trial has completed")
         return
+    plot_loss_vs_params([(t.user_attrs["params"], t.value, t.user_attrs.get("arch", "?")) for t in complete],
+                        work_dir / f".loss_vs_params.png.{os.getpid()}", reference=LECTURE_REFERENCE,
+                        title=f"{len(complete)} completed trials")
+    os.replace(work_dir / f".loss_vs_params.png.{os.getpid()}", work_dir / "loss_vs_params.png")
     varying = {name for t in complete for name in t.params if len({str(u.params.get(name)) for u in complete}) > 1}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
