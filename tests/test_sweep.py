@@ -104,7 +104,7 @@ def test_pruning_stops_a_trial_worse_than_the_median(tmp_path, words_file, capsy
     assert code == 0, err
     first, second = study_trials(work_dir, "prune")
     assert first.state.name == "COMPLETE" and second.state.name == "PRUNED"
-    assert "trial 1: pruned at step 10" in out
+    assert "trial 1: pruned at step 10 (160 names)" in out
     # one completed trial cannot rank the settings: a note, no importance plot
     assert (work_dir / "history.png").is_file() and not (work_dir / "importance.png").exists()
     assert "note: no importance.png" in out
@@ -128,11 +128,20 @@ class FakeTrial:
 
 def test_validation_hook_reports_and_prunes():
     trial = FakeTrial(prune_at=20)
-    on_validation = sweep.report_to(trial, optuna)
-    on_validation(10, 2.5)
+    on_validation = sweep.report_to(trial, optuna, batch_size=2)  # reported by names seen: 2 a step
+    on_validation(5, 2.5)
     with pytest.raises(optuna.TrialPruned):
-        on_validation(20, 2.4)
+        on_validation(10, 2.4)
     assert trial.reports == [(10, 2.5), (20, 2.4)]
+
+
+@pytest.mark.parametrize("batch_size, interval", [(32, 800), (64, 400), (128, 200), (256, 100)])
+def test_trials_evaluate_after_the_same_number_of_names_at_any_batch_size(batch_size, interval):
+    flags = sweep.with_eval_interval(["--recipe", "quality", "--batch-size", str(batch_size)])
+    assert flags[-2:] == ["--eval-interval", str(interval)]
+    assert interval * batch_size == sweep.EVAL_EVERY_NAMES
+    given = ["--recipe", "quality", "--eval-interval", "7"]
+    assert sweep.with_eval_interval(given) == given  # the user's own interval stands
 
 
 def test_max_params_prunes_before_training(tmp_path, words_file, capsys):

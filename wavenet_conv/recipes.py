@@ -91,7 +91,7 @@ QUALITY = replace(
 LARGE = replace(
     QUALITY,
     name="large",
-    description="1.1M parameters (n_embd 64, n_hidden 512), 30 epochs, weight decay 2.0: under 10 minutes on 2 CPU cores",
+    description="the lowest validation loss found: 1.1M parameters (n_embd 64, n_hidden 512), 30 epochs, weight decay 2.0",
     n_embd=64,
     n_hidden=512,
     learning_rate=3e-3,

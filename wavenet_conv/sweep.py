@@ -7,8 +7,9 @@
 Each worker runs --trials trials of the study --study in --storage (default: sqlite:///DIR/study.db, which the
 workers of one machine share; on a PostgreSQL URL the workers of many machines share one study). A trial
 trains in-process with `wavenet_conv.train.main` in its own work dir DIR/trial-NNNN (its output in train.log)
-and scores its best validation loss; the test loss is never used. A median pruner stops a trial whose
-validation loss at an evaluation is worse than the median of the earlier trials at that step. At the end a
+and scores its best validation loss; the test loss is never used. A trial evaluates every 25,600 training names
+(unless `--eval-interval` is given after `--`), and a median pruner stops a trial whose validation loss is worse
+than the median of the earlier trials' after the same number of training names. At the end a
 worker prints the study's best trial as a `python -m wavenet_conv.train` command and writes DIR/history.png,
 DIR/importance.png and DIR/loss_vs_params.png.
 
@@ -50,6 +51,9 @@ DEFAULT_ARCH = "lecture"  # the train command's, so a sweep of lecture trials ne
 SWEEP_RECIPES = tuple(name for name, recipe in RECIPES.items() if recipe.optimizer == "adamw")
 SEARCHED = ("arch", "n_embd", "n_hidden", "block_size", "learning_rate", "weight_decay", "dropout", "batch_size",
             "epochs")
+# a trial evaluates every this many training names (about one epoch of names.txt's training split, and a multiple
+# of every searched batch size), so the pruner compares trials of any batch size after the same amount of training
+EVAL_EVERY_NAMES = 25_600
 SQLITE_TIMEOUT_S = 60  # a worker waits this long for another's write to the shared SQLite file
 # a running trial's worker marks it alive this often; one silent for the grace period (its worker was killed) is
 # marked failed when another trial starts, so the study's counts and plots do not wait on it forever
@@ -175,11 +179,23 @@ def base_flags(args):
     return flags + args.train_flags
 
 
+def trial_recipe(flags):
+    """(recipe, seed) of `python -m wavenet_conv.train FLAGS`."""
+    given = train.parse_args(flags)
+    return get_recipe(given.recipe, **train.recipe_overrides(given)), given.seed
+
+
+def with_eval_interval(flags):
+    """The flags, evaluating every EVAL_EVERY_NAMES training names unless they set --eval-interval themselves."""
+    if train.parse_args(flags).eval_interval is not None:
+        return flags
+    return [*flags, "--eval-interval", str(max(1, EVAL_EVERY_NAMES // trial_recipe(flags)[0].batch_size))]
+
+
 def model_parameters(flags, vocab):
     """The parameter count of the model that `python -m wavenet_conv.train FLAGS` would train."""
-    given = train.parse_args(flags)
-    recipe = get_recipe(given.recipe, **train.recipe_overrides(given))
-    return count_parameters(create_model(recipe, vocab, given.seed))
+    recipe, seed = trial_recipe(flags)
+    return count_parameters(create_model(recipe, vocab, seed))
 
 
 # --------------------------------------------------------------------------------------------- storage
@@ -267,13 +283,18 @@ def study_settings(args):
 # ---------------------------------------------------------------------------------------------- trials
 
 
-def report_to(trial, optuna):
-    """The trainer's on_validation hook: each validation loss goes to the pruner, which may stop the trial."""
+def report_to(trial, optuna, batch_size):
+    """The trainer's on_validation hook: each validation loss goes to the pruner, which may stop the trial.
+
+    Losses are reported by training names seen, not steps: trials of different batch sizes are compared after
+    the same amount of training.
+    """
 
     def on_validation(step, val_loss):
-        trial.report(val_loss, step)
+        names = step * batch_size
+        trial.report(val_loss, names)
         if trial.should_prune():
-            message = f"at step {step}, validation loss {val_loss:.4f}"
+            message = f"at step {step} ({names:,} names), validation loss {val_loss:.4f}"
             trial.set_user_attr("pruned", message)
             raise optuna.TrialPruned(message)
 
@@ -282,7 +303,7 @@ def report_to(trial, optuna):
 
 def make_objective(args, optuna, vocab, fixed):
     def objective(trial):
-        flags = base_flags(args) + setting_flags(suggest_settings(trial, fixed, args.archs))
+        flags = with_eval_interval(base_flags(args) + setting_flags(suggest_settings(trial, fixed, args.archs)))
         trial.set_user_attr("train_flags", flags)
         if args.max_params is not None:
             params = model_parameters(flags, vocab)
@@ -296,7 +317,7 @@ def make_objective(args, optuna, vocab, fixed):
         argv = [*flags, "-i", str(args.input_file), "-o", str(work_dir), "--threads", args.threads]
         with open(work_dir / "train.log", "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             try:
-                summary = train.main(argv, on_validation=report_to(trial, optuna))
+                summary = train.main(argv, on_validation=report_to(trial, optuna, trial_recipe(flags)[0].batch_size))
             except SystemExit as e:
                 if e.code != 2:  # stopped by a signal (Ctrl-C, SIGTERM): the whole sweep stops
                     raise KeyboardInterrupt from None
