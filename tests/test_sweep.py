@@ -66,6 +66,10 @@ def test_one_worker_writes_trials_plots_and_the_best_as_a_train_command(tmp_path
     for plot in ("history.png", "importance.png", "loss_vs_params.png"):
         assert (work_dir / plot).read_bytes()[:8] == PNG
     assert {t.user_attrs["arch"] for t in trials} == {"lecture"}
+    table = (work_dir / "trials.md").read_text().splitlines()
+    best_first = sorted(trials, key=lambda t: t.value)
+    assert [row.split(" | ")[0] for row in table[2:]] == [f"| {t.number}" for t in best_first]
+    assert f"| complete | {best_first[0].value:.4f} |" in table[2]
     best = min(trials, key=lambda t: t.value)
     assert f"best: trial {best.number}, validation loss {best.value:.4f}" in out
     args = assert_train_command(out.strip().splitlines()[-1], work_dir)

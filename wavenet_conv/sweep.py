@@ -10,8 +10,8 @@ trains in-process with `wavenet_conv.train.main` in its own work dir DIR/trial-N
 and scores its best validation loss; the test loss is never used. A trial evaluates every 25,600 training names
 (unless `--eval-interval` is given after `--`), and a median pruner stops a trial whose validation loss is worse
 than the median of the earlier trials' after the same number of training names. At the end a
-worker prints the study's best trial as a `python -m wavenet_conv.train` command and writes DIR/history.png,
-DIR/importance.png and DIR/loss_vs_params.png.
+worker prints the study's best trial as a `python -m wavenet_conv.train` command and writes DIR/trials.md (every
+trial: state, loss, size, time, settings), DIR/history.png, DIR/importance.png and DIR/loss_vs_params.png.
 
 The search space (the train flag of each setting is --name with dashes):
 
@@ -384,6 +384,24 @@ def report_best(args, study):
     return True
 
 
+def write_trials_table(study, path):
+    """Every trial of the study as a markdown table: completed ones best first, then the others by number."""
+
+    def cell(value, spec):
+        return "" if value is None else format(value, spec)
+
+    rows = ["| trial | state | val | params | seconds | settings | pruned or failed |", "|---|---|---|---|---|---|---|"]
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: (t.value is None, t.value or 0, t.number)):
+        seconds = t.duration.total_seconds() if t.duration is not None else None
+        outcome = t.user_attrs.get("pruned") or t.user_attrs.get("error") or ""
+        rows.append(f"| {t.number} | {t.state.name.lower()} | {cell(t.value, '.4f')} | "
+                    f"{cell(t.user_attrs.get('params'), ',')} | {cell(seconds, '.1f')} | {describe(t.params)} | "
+                    f"{outcome} |")
+    partial = path.with_name(f".{path.name}.{os.getpid()}")  # renamed into place: workers may finish together
+    partial.write_text("".join(row + "\n" for row in rows))
+    os.replace(partial, path)
+
+
 def write_plots(study, work_dir, optuna):
     """history.png, loss_vs_params.png, and importance.png when two completed trials differ in a searched setting (a note otherwise)."""
     import matplotlib
@@ -443,6 +461,7 @@ def main(argv=None):
         print("interrupted: the running trial is marked failed; the study keeps the others", file=sys.stderr)
         raise SystemExit(130) from None
     completed = report_best(args, study)
+    write_trials_table(study, work_dir / "trials.md")
     write_plots(study, work_dir, optuna)
     if not completed:
         raise SystemExit(1)
