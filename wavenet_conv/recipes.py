@@ -88,14 +88,19 @@ QUALITY = replace(
     log_interval=1000,
 )
 
+# the lowest validation loss we found in <= 10 minutes of training on a 2-core CPU, through the Conv1d levels
 LARGE = replace(
     QUALITY,
     name="large",
-    description="the lowest validation loss found: 1.1M parameters (n_embd 64, n_hidden 512), 30 epochs, weight decay 2.0",
-    n_embd=64,
-    n_hidden=512,
+    description="the lowest validation loss found in 10 minutes on 2 CPU cores: 296K parameters (n_embd 48, "
+                "n_hidden 256), 28 epochs of 64 names, lr 3e-3, weight decay 1.0",
+    n_embd=48,
+    n_hidden=256,
+    batch_size=64,
+    epochs=28,
     learning_rate=3e-3,
-    weight_decay=2.0,
+    weight_decay=1.0,
+    eval_interval=400,
 )
 
 RECIPES = {r.name: r for r in (FAST, LECTURE, QUALITY, LARGE)}
