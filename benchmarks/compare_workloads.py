@@ -8,7 +8,7 @@ Forms (all hold the same weights, checked by compare.py before timing):
 - loop: the lecture's tree, one window at a time (eval only: one window is no batch for batch norm);
 - tree: the lecture's tree over batches of windows;
 - conv: ConvWaveNet, its nn.Conv1d levels over length-bucketed batches of whole items, padded on the right:
-  the model that trains;
+  the model that trains (in training it packs each batch's valid positions into one row);
 - conv_folded: FoldedConvWaveNet, the inference form (batch norm folded into the convolutions, level 0 a
   token-pair table, a level whose dilation reaches past every item a 1x1 convolution) over the same batches.
 
@@ -56,11 +56,26 @@ def tree_macs_per_window(config):
     return macs + config.n_hidden * config.vocab_size
 
 
-def conv_macs(config, batch, time, mode="eval"):
-    """ConvWaveNet on a (batch, time) padded batch: every level at every position, both taps, then the head."""
+def conv_macs(config, batch, time):
+    """ConvWaveNet in eval mode on a (batch, time) padded batch: every level at every position, both taps, then
+    the head."""
     fan_in = 2 * config.n_embd + (config.n_levels - 1) * 2 * config.n_hidden
-    macs = batch * time * (fan_in * config.n_hidden + config.n_hidden * config.vocab_size)
-    return macs if mode == "eval" else 3 * macs  # backward: the input's and the weight's gradient
+    return batch * time * (fan_in * config.n_hidden + config.n_hidden * config.vocab_size)
+
+
+def packed_training_macs(config, targets):
+    """ConvWaveNet's training step on a padded batch: its valid positions packed into one row (both taps and the
+    head at each), plus each level's correction of the earlier tap at the items' first positions; forward and
+    backward (the input's and the weight's gradient)."""
+    lengths = (targets != IGNORE_INDEX).sum(1)  # b
+    n = int(lengths.sum())
+    offset = torch.arange(n) - torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths, lengths)  # n
+    macs = conv_macs(config, 1, n)
+    for level in range(config.n_levels):
+        d, fan_in = 2**level, config.n_embd if level == 0 else config.n_hidden
+        crossing = int(((offset < d) & (torch.arange(n) >= d)).sum())
+        macs += crossing * fan_in * config.n_hidden
+    return 3 * macs
 
 
 def folded_macs(config, batch, time):
@@ -106,7 +121,9 @@ def item_chunks(items, batch_size, device, generator):
 def chunk_macs(form, mode, config, chunks):
     if form == "conv_folded":
         return sum(folded_macs(config, *x.shape) for x, _ in chunks)
-    return sum(conv_macs(config, *x.shape, mode) for x, _ in chunks)
+    if mode == "train":
+        return sum(packed_training_macs(config, y.cpu()) for _, y in chunks)
+    return sum(conv_macs(config, *x.shape) for x, _ in chunks)
 
 
 # ---- the timed callables -----------------------------------------------------------------------------

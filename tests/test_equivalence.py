@@ -259,7 +259,8 @@ def test_all_dot_node_padding_equals_the_token_prefix(make_random_tree, block_si
 
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
 def test_every_level_runs_its_conv1d_module(make_random_tree, training):
-    """Forward hooks see each level's nn.Conv1d called once per forward, on (b, c, dilation + t) tensors."""
+    """Forward hooks see each level's nn.Conv1d called once per forward: on (b, c, dilation + t) tensors in eval,
+    on the packed row (1, c, dilation + n), n the valid positions, in training."""
     block_size = 8
     conv = ConvWaveNet.from_tree(make_random_tree(small_config(block_size), seed=31)).train(training)
     x, y = pad_items(encode_items(random_words(block_size, seed=31), VOCAB))
@@ -273,8 +274,9 @@ def test_every_level_runs_its_conv1d_module(make_random_tree, training):
         for hook in hooks:
             hook.remove()
     assert [m for m, _, _ in calls] == [level.conv for level in conv.levels]
+    b, t = (1, int((y != IGNORE_INDEX).sum())) if training else x.shape
+    assert training == (t != x.shape[1])  # the packed row is really another shape
     for (m, shape_in, shape_out), level in zip(calls, conv.levels, strict=True):
-        b, t = x.shape
         assert tuple(shape_in) == (b, m.in_channels, level.dilation + t)
         assert tuple(shape_out) == (b, m.out_channels, t)
     assert all(level.conv.weight.grad.abs().sum() > 0 for level in conv.levels)  # gradients flow through conv1d
@@ -362,6 +364,45 @@ def reference_training_forward(conv, x, y):
         nodes = torch.tanh(bn.weight * (h - mean) / torch.sqrt(var + bn.eps) + bn.bias)
     logits = conv.head(nodes)[valid]  # n v
     return logits, F.cross_entropy(logits, y[valid]), statistics
+
+
+@pytest.mark.parametrize("block_size", [2, 8, 32])
+def test_packed_training_equals_the_node_by_node_reference_with_gradients(make_random_tree, block_size):
+    """Training packs the batch into one row and corrects each item's first positions; the reference pads
+    each item on its own. Same logits, loss and parameter gradients."""
+    conv = ConvWaveNet.from_tree(make_random_tree(small_config(block_size), seed=41)).train()
+    x, y = pad_items(encode_items(random_words(block_size, seed=41), VOCAB))
+    reference = copy.deepcopy(conv)
+    expected_logits, expected_loss, _ = reference_training_forward(reference, x, y)
+    expected_loss.backward()
+    logits, loss = conv(x, y)
+    loss.backward()
+    assert_close(logits[y != IGNORE_INDEX], expected_logits, atol=1e-10, rtol=1e-10)
+    assert_close(loss, expected_loss, atol=1e-12, rtol=1e-12)
+    for (name, p), q in zip(conv.named_parameters(), reference.parameters(), strict=True):
+        assert_close(p.grad, q.grad, atol=1e-10, rtol=1e-10, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("block_size", [4, 8])
+def test_control_packed_items_without_the_start_fix_fail_the_check(make_random_tree, block_size):
+    """Broken on purpose: the packed row's items read the item before them, as plain packing does."""
+    conv = ConvWaveNet.from_tree(make_random_tree(small_config(block_size), seed=43)).train()
+    x, y = pad_items(encode_items(random_words(block_size, seed=43), VOCAB))
+    with torch.no_grad():
+        expected_logits, _, _ = reference_training_forward(conv, x, y)
+        for level in conv.levels:
+            level.fix_item_starts = lambda h, x, item_offset: h
+        logits, _ = conv(x, y)
+    gaps = (logits[y != IGNORE_INDEX] - expected_logits).abs().amax(-1)  # n
+    assert gaps.max() > LARGE_GAP
+
+
+def test_packed_training_wants_right_padding_only(make_random_tree):
+    conv = ConvWaveNet.from_tree(make_random_tree(small_config(4), seed=47)).train()
+    x, y = pad_items(encode_items(["abc", "de"], VOCAB))
+    y[0, 1] = IGNORE_INDEX  # a hole inside an item
+    with pytest.raises(ValueError, match="right padding"):
+        conv(x, y)
 
 
 def test_training_mode_statistics_are_over_valid_nodes(make_random_tree):
