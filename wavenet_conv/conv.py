@@ -54,15 +54,12 @@ class ConvLevel(nn.Module):
     def dilation(self):
         return self.conv.dilation[0]
 
-    def forward(self, x, valid=None, item_offset=None):
-        """b c t -> b h t; valid (b t): the positions that count in training-mode statistics (None: all).
-
-        item_offset (t), for a packed row (b = 1): each position's offset within its item.
-        """
+    def forward(self, x, item_offset=None):
+        """b c t -> b h t; item_offset (t), for a packed row (b = 1): each position's offset within its item."""
         h = self.conv(self.left_pad(x))  # b c (d + t) -> b h t
         if item_offset is not None:
             h = self.fix_item_starts(h, x, item_offset)
-        return tanh(self.batch_norm(h, valid))
+        return tanh(self.batch_norm(h))
 
     def left_pad(self, x):
         return causal_pad(x, self.dilation)  # b c t -> b c (d + t)
@@ -77,19 +74,14 @@ class ConvLevel(nn.Module):
         correction = earlier_tap @ (x[0, :, :1] - x[0, :, crossing - d])  # h m
         return h.index_add(2, crossing, correction[None])  # 1 h t
 
-    def batch_norm(self, h, valid=None):
-        """b h t -> b h t: the running statistics in eval mode, the batch's (over valid positions) in training."""
+    def batch_norm(self, h):
+        """b h t -> b h t: the running statistics in eval mode; in training the batch's, over every position of
+        h (the packed row holds only valid positions)."""
         bn = self.bn
         if self.training:
-            if valid is None:  # every position counts: sums along time (contiguous), no rows gathered
-                mean = h.mean((0, 2))  # h
-                centered = h - mean[:, None]
-                var = (centered * centered).sum((0, 2)) / (h.shape[0] * h.shape[2] - 1)  # unbiased, as the lecture
-            else:
-                rows = rearrange(h, "b h t -> b t h")[valid]  # n h
-                mean = rows.mean(0)  # h
-                centered = rows - mean
-                var = (centered * centered).sum(0) / (len(rows) - 1)
+            mean = h.mean((0, 2))  # h
+            centered = h - mean[:, None]
+            var = (centered * centered).sum((0, 2)) / (h.shape[0] * h.shape[2] - 1)  # unbiased, as the lecture's
             with torch.no_grad():
                 bn.running_mean.lerp_(mean, bn.momentum)
                 bn.running_var.lerp_(var, bn.momentum)
