@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from wavenet_conv.conv import ConvWaveNet
+from wavenet_conv.conv import ConvWaveNet, crossing_positions, item_offsets
 from wavenet_conv.data import IGNORE_INDEX, bucketed_batches, build_windows, pad_items
 from wavenet_conv.folded import FoldedConvWaveNet
 
@@ -67,14 +67,11 @@ def packed_training_macs(config, targets):
     """ConvWaveNet's training step on a padded batch: its valid positions packed into one row (both taps and the
     head at each), plus each level's correction of the earlier tap at the items' first positions; forward and
     backward (the input's and the weight's gradient)."""
-    lengths = (targets != IGNORE_INDEX).sum(1)  # b
-    n = int(lengths.sum())
-    offset = torch.arange(n) - torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths, lengths)  # n
-    macs = conv_macs(config, 1, n)
+    item_offset = item_offsets((targets != IGNORE_INDEX).sum(1))  # n
+    macs = conv_macs(config, 1, len(item_offset))
     for level in range(config.n_levels):
-        d, fan_in = 2**level, config.n_embd if level == 0 else config.n_hidden
-        crossing = int(((offset < d) & (torch.arange(n) >= d)).sum())
-        macs += crossing * fan_in * config.n_hidden
+        fan_in = config.n_embd if level == 0 else config.n_hidden
+        macs += len(crossing_positions(item_offset, 2**level)) * fan_in * config.n_hidden
     return 3 * macs
 
 

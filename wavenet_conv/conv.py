@@ -42,6 +42,19 @@ def causal_pad(x, dilation):
     return torch.cat([x[:, :, :1].expand(-1, -1, dilation), x], dim=2)
 
 
+def item_offsets(lengths):
+    """Each position's offset within its item, for items of these lengths packed back to back: b -> n."""
+    starts = torch.cumsum(lengths, 0) - lengths  # b: where each item starts in the row
+    return torch.arange(int(lengths.sum()), device=lengths.device) - torch.repeat_interleave(starts, lengths)
+
+
+def crossing_positions(item_offset, dilation):
+    """The positions of a packed row whose earlier tap at this dilation reads the item before (m); the first
+    `dilation` positions read `causal_pad`, the all-dot node, already."""
+    position = torch.arange(len(item_offset), device=item_offset.device)
+    return torch.nonzero((item_offset < dilation) & (position >= dilation)).squeeze(1)
+
+
 class ConvLevel(nn.Module):
     """One tree level: a kernel-2 causal convolution at dilation 2**level, batch norm, tanh."""
 
@@ -67,11 +80,9 @@ class ConvLevel(nn.Module):
     def fix_item_starts(self, h, x, item_offset):
         """In a packed row, an item's first `dilation` positions read their earlier tap from the item before;
         replace that term by the all-dot node's (position 0 of the row, an item's first position)."""
-        d = self.dilation
-        position = torch.arange(len(item_offset), device=item_offset.device)
-        crossing = torch.nonzero((item_offset < d) & (position >= d)).squeeze(1)  # m; earlier ones read causal_pad
+        crossing = crossing_positions(item_offset, self.dilation)  # m
         earlier_tap = self.conv.weight[:, :, 0]  # h c
-        correction = earlier_tap @ (x[0, :, :1] - x[0, :, crossing - d])  # h m
+        correction = earlier_tap @ (x[0, :, :1] - x[0, :, crossing - self.dilation])  # h m
         return h.index_add(2, crossing, correction[None])  # 1 h t
 
     def batch_norm(self, h):
@@ -131,8 +142,7 @@ class ConvWaveNet(nn.Module):
         lengths = valid.sum(1)  # b: items + 1, the end marker
         if not torch.equal(valid, torch.arange(idx.shape[1], device=idx.device) < lengths[:, None]):
             raise ValueError("targets must be -1 only on right padding, after each item's end marker")
-        starts = torch.cumsum(lengths, 0) - lengths  # b: where each item starts in the row
-        item_offset = torch.arange(int(lengths.sum()), device=idx.device) - torch.repeat_interleave(starts, lengths)
+        item_offset = item_offsets(lengths)  # n
         x = rearrange(self.embedding(idx[valid]), "n c -> 1 c n")  # items back to back, each from its '.'
         for level in self.levels:
             x = level(x, item_offset=item_offset)  # 1 c n -> 1 h n
