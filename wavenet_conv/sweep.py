@@ -187,15 +187,11 @@ def trial_recipe(flags):
 
 def with_eval_interval(flags):
     """The flags, evaluating every EVAL_EVERY_NAMES training names unless they set --eval-interval themselves."""
-    if train.parse_args(flags).eval_interval is not None:
+    given = train.parse_args(flags)
+    if given.eval_interval is not None:
         return flags
-    return [*flags, "--eval-interval", str(max(1, EVAL_EVERY_NAMES // trial_recipe(flags)[0].batch_size))]
-
-
-def model_parameters(flags, vocab):
-    """The parameter count of the model that `python -m wavenet_conv.train FLAGS` would train."""
-    recipe, seed = trial_recipe(flags)
-    return count_parameters(create_model(recipe, vocab, seed))
+    batch_size = get_recipe(given.recipe, **train.recipe_overrides(given)).batch_size
+    return [*flags, "--eval-interval", str(max(1, EVAL_EVERY_NAMES // batch_size))]
 
 
 # --------------------------------------------------------------------------------------------- storage
@@ -305,8 +301,9 @@ def make_objective(args, optuna, vocab, fixed):
     def objective(trial):
         flags = with_eval_interval(base_flags(args) + setting_flags(suggest_settings(trial, fixed, args.archs)))
         trial.set_user_attr("train_flags", flags)
+        recipe, seed = trial_recipe(flags)
         if args.max_params is not None:
-            params = model_parameters(flags, vocab)
+            params = count_parameters(create_model(recipe, vocab, seed))
             if params > args.max_params:
                 message = f"{params:,} parameters, more than --max-params {args.max_params:,}"
                 trial.set_user_attr("pruned", message)
@@ -317,7 +314,7 @@ def make_objective(args, optuna, vocab, fixed):
         argv = [*flags, "-i", str(args.input_file), "-o", str(work_dir), "--threads", args.threads]
         with open(work_dir / "train.log", "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             try:
-                summary = train.main(argv, on_validation=report_to(trial, optuna, trial_recipe(flags)[0].batch_size))
+                summary = train.main(argv, on_validation=report_to(trial, optuna, recipe.batch_size))
             except SystemExit as e:
                 if e.code != 2:  # stopped by a signal (Ctrl-C, SIGTERM): the whole sweep stops
                     raise KeyboardInterrupt from None
@@ -397,13 +394,12 @@ def write_trials_table(study, path):
         rows.append(f"| {t.number} | {t.state.name.lower()} | {cell(t.value, '.4f')} | "
                     f"{cell(t.user_attrs.get('params'), ',')} | {cell(seconds, '.1f')} | {describe(t.params)} | "
                     f"{outcome} |")
-    partial = path.with_name(f".{path.name}.{os.getpid()}")  # renamed into place: workers may finish together
-    partial.write_text("".join(row + "\n" for row in rows))
-    os.replace(partial, path)
+    write_atomically(path, lambda partial: partial.write_text("".join(row + "\n" for row in rows)))
 
 
 def write_plots(study, work_dir, optuna):
-    """history.png, loss_vs_params.png, and importance.png when two completed trials differ in a searched setting (a note otherwise)."""
+    """history.png, loss_vs_params.png, and importance.png when two completed trials differ in a searched setting
+    (a note otherwise)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a window
@@ -414,10 +410,9 @@ def write_plots(study, work_dir, optuna):
     if not complete:
         print("note: no plots: no trial has completed")
         return
-    plot_loss_vs_params([(t.user_attrs["params"], t.value, t.user_attrs.get("arch", "?")) for t in complete],
-                        work_dir / f".loss_vs_params.png.{os.getpid()}", reference=LECTURE_REFERENCE,
-                        title=f"{len(complete)} completed trials")
-    os.replace(work_dir / f".loss_vs_params.png.{os.getpid()}", work_dir / "loss_vs_params.png")
+    points = [(t.user_attrs["params"], t.value, t.user_attrs.get("arch", "?")) for t in complete]
+    write_atomically(work_dir / "loss_vs_params.png", lambda partial: plot_loss_vs_params(
+        points, partial, reference=LECTURE_REFERENCE, title=f"{len(complete)} completed trials"))
     varying = {name for t in complete for name in t.params if len({str(u.params.get(name)) for u in complete}) > 1}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -435,10 +430,16 @@ def write_plots(study, work_dir, optuna):
 
 
 def save_figure(figure, path, plt):
-    """Written under a temporary name, then renamed: workers that finish together never leave half a PNG."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}")
-    figure.savefig(partial, format="png", dpi=100, bbox_inches="tight")  # tight: the legend sits outside the axes
+    # tight: the legend sits outside the axes
+    write_atomically(path, lambda partial: figure.savefig(partial, format="png", dpi=100, bbox_inches="tight"))
     plt.close(figure)
+
+
+def write_atomically(path, write):
+    """write(partial) under a temporary name beside `path`, then renamed over it: workers that finish together
+    never leave half a file."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    write(partial)
     os.replace(partial, path)
 
 
