@@ -82,5 +82,5 @@ def available_devices(choice):
     else:
         devices = [choice]
     for device in devices:
-        resolve_device(device)  # the same device settings as training (cuDNN autotuning on CUDA)
+        resolve_device(device)  # the same device settings as training (exact float32 convolutions on CUDA)
     return devices

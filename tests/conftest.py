@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from wavenet_conv.data import Vocab, build_windows, read_words, split_words
-from wavenet_conv.device import cuda_works
+from wavenet_conv.device import cuda_works, use_exact_float32_convolutions
 from wavenet_conv.tree import TreeWaveNet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,6 +37,13 @@ def one_cpu_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def exact_float32_on_cuda():
+    """The CUDA settings every entry point gets from resolve_device (a test builds its models directly)."""
+    if HAS_CUDA:
+        use_exact_float32_convolutions()
 
 
 @pytest.fixture(params=DEVICES)

@@ -95,6 +95,25 @@ def test_conv_logits_equal_tree_logits_at_every_position(make_random_tree, torch
         assert_equivalent(tree, conv, [word])
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 8,
+                    reason="TF32 needs an Ampere or newer GPU")
+def test_tf32_convolutions_break_float32_agreement_so_cuda_turns_them_off(make_random_tree):
+    """Negative control for resolve_device's CUDA setting: with cuDNN's default TF32 the float32 check fails."""
+    config = ModelConfig(vocab_size=len(VOCAB), block_size=8, n_embd=24, n_hidden=128)  # wide enough to round
+    tree = make_random_tree(config, seed=1, dtype=torch.float32, device="cuda")
+    conv = ConvWaveNet.from_tree(tree).to("cuda").eval()
+    words = random_words(8, seed=1)
+    assert not torch.backends.cudnn.allow_tf32  # as resolve_device("cuda") leaves it (conftest does the same)
+    assert_equivalent(tree, conv, words)
+    try:
+        torch.backends.cudnn.allow_tf32 = True  # torch's default
+        with pytest.raises(AssertionError):
+            assert_equivalent(tree, conv, words)
+    finally:
+        torch.backends.cudnn.allow_tf32 = False
+
+
 def test_conv_equals_tree_on_a_non_names_vocabulary(make_random_tree):
     words = ["O'Brien", "Ann Marie", "St. John", "Zoë", "Ωmega", "", "x"]
     vocab = Vocab.from_words(words)  # '.' inside an item is a character token of its own
