@@ -424,6 +424,14 @@ def test_packed_training_wants_right_padding_only(make_random_tree):
         conv(x, y)
 
 
+def test_training_on_a_single_prediction_says_why_it_cannot(make_random_tree):
+    """One valid position has no unbiased variance: a clear error, not NaN weights after the step."""
+    conv = ConvWaveNet.from_tree(make_random_tree(small_config(4), seed=48)).train()
+    x, y = pad_items(encode_items([""], VOCAB))  # the empty item: one prediction, its end
+    with pytest.raises(ValueError, match="at least 2 positions"):
+        conv(x, y)
+
+
 def test_training_mode_statistics_are_over_valid_nodes(make_random_tree):
     tree = make_random_tree(small_config(8), seed=23)
     words = random_words(8, seed=23)

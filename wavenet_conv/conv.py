@@ -82,25 +82,31 @@ class ConvLevel(nn.Module):
         replace that term by the all-dot node's (position 0 of the row, an item's first position)."""
         crossing = crossing_positions(item_offset, self.dilation)  # m
         earlier_tap = self.conv.weight[:, :, 0]  # h c
-        correction = earlier_tap @ (x[0, :, :1] - x[0, :, crossing - self.dilation])  # h m
+        read = x[0].index_select(1, crossing - self.dilation)  # c m (its backward is an index_add, no sort)
+        correction = earlier_tap @ (x[0, :, :1] - read)  # h m
         return h.index_add(2, crossing, correction[None])  # 1 h t
 
     def batch_norm(self, h):
         """b h t -> b h t: the running statistics in eval mode; in training the batch's, over every position of
-        h (the packed row holds only valid positions)."""
+        h (the packed row holds only valid positions).
+
+        The lecture normalizes with the unbiased variance, torch's fused kernel with the biased one (m = var_b):
+        (h - mean) / sqrt(var_b * n / (n - 1) + eps) = sqrt((n - 1) / n) * (h - mean) / sqrt(var_b + eps'),
+        with eps' = eps * (n - 1) / n. So the kernel runs with that eps and gamma scaled by sqrt((n - 1) / n);
+        its running variance is the unbiased one already.
+        """
         bn = self.bn
-        if self.training:
-            mean = h.mean((0, 2))  # h
-            centered = h - mean[:, None]
-            var = (centered * centered).sum((0, 2)) / (h.shape[0] * h.shape[2] - 1)  # unbiased, as the lecture's
-            with torch.no_grad():
-                bn.running_mean.lerp_(mean, bn.momentum)
-                bn.running_var.lerp_(var, bn.momentum)
-                bn.num_batches_tracked += 1
-        else:
-            mean, var = bn.running_mean, bn.running_var
-        scale = bn.weight * torch.rsqrt(var + bn.eps)  # h
-        return torch.addcmul((bn.bias - mean * scale)[:, None], h, scale[:, None])  # b h t
+        if not self.training:
+            scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)  # h
+            return torch.addcmul((bn.bias - bn.running_mean * scale)[:, None], h, scale[:, None])  # b h t
+        n = h.shape[0] * h.shape[2]
+        if n < 2:
+            raise ValueError("batch norm in training needs at least 2 positions; this batch has 1")
+        shrink = (n - 1) / n
+        with torch.no_grad():
+            bn.num_batches_tracked += 1
+        return F.batch_norm(h, bn.running_mean, bn.running_var, bn.weight * shrink**0.5, bn.bias, training=True,
+                            momentum=bn.momentum, eps=bn.eps * shrink)
 
 
 class ConvWaveNet(nn.Module):
