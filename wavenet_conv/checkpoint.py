@@ -2,7 +2,6 @@
 import os
 import pickle
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import torch
 from wavenet_conv.config import ModelConfig
 from wavenet_conv.data import Vocab
 from wavenet_conv.errors import CheckpointError
+from wavenet_conv.files import write_atomically
 
 CHECKPOINT_NAME = "model.pt"
 MODEL_TYPES = ("conv", "tree")
@@ -43,12 +43,8 @@ def build_model(model_type, config):
 
 
 def save_checkpoint(path, model, vocab, **extra):
-    """Write model, config and vocabulary (plus `extra`: optimizer state, RNG state, step...) atomically.
-
-    The file is written beside its destination, flushed to disk and renamed over it, so a kill at any moment
-    leaves either the previous checkpoint or the new one, never a torn file; the directory is synced too, so
-    that after a power loss the name points at the new file.
-    """
+    """Write model, config and vocabulary (plus `extra`: optimizer state, RNG state, step...) atomically: a kill
+    at any moment leaves the previous checkpoint or the new one, never a torn file (files.write_atomically)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
@@ -58,18 +54,7 @@ def save_checkpoint(path, model, vocab, **extra):
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         **extra,
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    sync_directory(path.parent)
-    return path
+    return write_atomically(path, lambda tmp: torch.save(state, tmp))
 
 
 def link_checkpoint(source, path):
@@ -78,35 +63,13 @@ def link_checkpoint(source, path):
     save_checkpoint never rewrites a file in place, so the two names stay the same checkpoint until either is
     replaced; linking costs nothing, writing the checkpoint again ~15 ms.
     """
-    path = Path(path)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    tmp.unlink(missing_ok=True)
-    try:
+    def link_or_copy(tmp):
         try:
             os.link(source, tmp)
         except OSError:
             shutil.copyfile(source, tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    sync_directory(path.parent)
-    return path
 
-
-def sync_directory(path):
-    """fsync a directory, making a rename inside it durable (POSIX; a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some file systems refuse fsync on a directory
-        pass
-    finally:
-        os.close(fd)
+    return write_atomically(path, link_or_copy)
 
 
 def checkpoint_path(path):

@@ -41,6 +41,7 @@ from pathlib import Path
 from wavenet_conv import train
 from wavenet_conv.data import DEFAULT_INPUT
 from wavenet_conv.errors import UserError, exit_on_user_error
+from wavenet_conv.files import write_atomically
 from wavenet_conv.plot import plot_loss_vs_params
 from wavenet_conv.recipes import RECIPES, get_recipe
 from wavenet_conv.trainer import count_parameters, create_model
@@ -433,14 +434,6 @@ def save_figure(figure, path, plt):
     # tight: the legend sits outside the axes
     write_atomically(path, lambda partial: figure.savefig(partial, format="png", dpi=100, bbox_inches="tight"))
     plt.close(figure)
-
-
-def write_atomically(path, write):
-    """write(partial) under a temporary name beside `path`, then renamed over it: workers that finish together
-    never leave half a file."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}")
-    write(partial)
-    os.replace(partial, path)
 
 
 @exit_on_user_error
