@@ -141,11 +141,12 @@ def test_validation_hook_reports_and_prunes():
 
 @pytest.mark.parametrize("batch_size, interval", [(32, 800), (64, 400), (128, 200), (256, 100)])
 def test_trials_evaluate_after_the_same_number_of_names_at_any_batch_size(batch_size, interval):
-    flags = sweep.with_eval_interval(["--recipe", "quality", "--batch-size", str(batch_size)])
+    flags, recipe, _ = sweep.trial_plan(["--recipe", "quality", "--batch-size", str(batch_size)])
     assert flags[-2:] == ["--eval-interval", str(interval)]
+    assert recipe.eval_interval == interval  # the recipe the trial is planned with is the one the flags give
     assert interval * batch_size == sweep.EVAL_EVERY_NAMES
     given = ["--recipe", "quality", "--eval-interval", "7"]
-    assert sweep.with_eval_interval(given) == given  # the user's own interval stands
+    assert sweep.trial_plan(given)[0] == given  # the user's own interval stands
 
 
 def test_max_params_prunes_before_training(tmp_path, words_file, capsys):

@@ -36,6 +36,7 @@ import os
 import shlex
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 from wavenet_conv import train
@@ -180,19 +181,15 @@ def base_flags(args):
     return flags + args.train_flags
 
 
-def trial_recipe(flags):
-    """(recipe, seed) of `python -m wavenet_conv.train FLAGS`."""
+def trial_plan(flags):
+    """(flags, recipe, seed) of a trial's `python -m wavenet_conv.train FLAGS`, parsed once. Unless the flags set
+    --eval-interval, they gain one: every EVAL_EVERY_NAMES training names at the recipe's batch size."""
     given = train.parse_args(flags)
-    return get_recipe(given.recipe, **train.recipe_overrides(given)), given.seed
-
-
-def with_eval_interval(flags):
-    """The flags, evaluating every EVAL_EVERY_NAMES training names unless they set --eval-interval themselves."""
-    given = train.parse_args(flags)
-    if given.eval_interval is not None:
-        return flags
-    batch_size = get_recipe(given.recipe, **train.recipe_overrides(given)).batch_size
-    return [*flags, "--eval-interval", str(max(1, EVAL_EVERY_NAMES // batch_size))]
+    recipe = get_recipe(given.recipe, **train.recipe_overrides(given))
+    if given.eval_interval is None:
+        interval = max(1, EVAL_EVERY_NAMES // recipe.batch_size)
+        flags, recipe = [*flags, "--eval-interval", str(interval)], replace(recipe, eval_interval=interval)
+    return flags, recipe, given.seed
 
 
 # --------------------------------------------------------------------------------------------- storage
@@ -300,9 +297,8 @@ def report_to(trial, optuna, batch_size):
 
 def make_objective(args, optuna, vocab, fixed):
     def objective(trial):
-        flags = with_eval_interval(base_flags(args) + setting_flags(suggest_settings(trial, fixed, args.archs)))
+        flags, recipe, seed = trial_plan(base_flags(args) + setting_flags(suggest_settings(trial, fixed, args.archs)))
         trial.set_user_attr("train_flags", flags)
-        recipe, seed = trial_recipe(flags)
         if args.max_params is not None:
             params = count_parameters(create_model(recipe, vocab, seed))
             if params > args.max_params:
