@@ -33,6 +33,7 @@ from wavenet_conv.data import (  # noqa: E402
     DEFAULT_INPUT, IGNORE_INDEX, Vocab, build_windows, encode_items, pad_items, read_words, split_words,
 )
 from wavenet_conv.errors import UserError, exit_on_user_error  # noqa: E402
+from wavenet_conv.plot import pyplot  # noqa: E402
 from wavenet_conv.tree import TreeWaveNet  # noqa: E402
 
 # the issues' targets: (device, block_size, ratio or throughput key, at least for the plain ConvWaveNet,
@@ -341,11 +342,7 @@ def table_rows(best):
 
 
 def plot(best, device, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     block_sizes = sorted({r["block_size"] for r in best if r["device"] == device})
     for ax, mode in zip(axes, cw.MODES):

@@ -27,6 +27,7 @@ from wavenet_conv.checkpoint import load  # noqa: E402
 from wavenet_conv.config import ModelConfig  # noqa: E402
 from wavenet_conv.conv import ConvWaveNet  # noqa: E402
 from wavenet_conv.data import Vocab  # noqa: E402
+from wavenet_conv.plot import pyplot  # noqa: E402
 from wavenet_conv.sample import METHODS, sample  # noqa: E402
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -139,11 +140,7 @@ def summarize(rows, reference_batch):
 
 
 def plot(rows, summary, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     colors = {"naive": "tab:gray", "full": "tab:orange", "cached": "tab:blue"}
     block_sizes = sorted({r["block_size"] for r in rows})

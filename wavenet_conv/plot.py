@@ -14,14 +14,30 @@ def bucket_means(values, bucket):
     return starts, np.add.reduceat(values, starts) / np.diff(np.append(starts, len(values)))
 
 
-def plot_losses(train_losses, val_points, path, title=""):
-    """train_losses: the loss of every step; val_points: (step, loss) pairs. Writes a PNG to `path`."""
+def pyplot():
+    """matplotlib.pyplot, drawing into files only, never a window (imported when a plot is first made)."""
     import matplotlib
 
-    matplotlib.use("Agg")  # files only, never a window
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    return plt
+
+
+def save_plot(fig, ax, path, title):
+    """Title, grid and legend on `ax`, then `fig` written to `path` as a PNG and closed."""
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, format="png")
+    pyplot().close(fig)
+    return path
+
+
+def plot_losses(train_losses, val_points, path, title=""):
+    """train_losses: the loss of every step; val_points: (step, loss) pairs. Writes a PNG to `path`."""
+    fig, ax = pyplot().subplots(figsize=(8, 4.5))
     if len(train_losses):
         bucket = max(1, len(train_losses) // POINTS)
         starts, means = bucket_means(np.log10(np.asarray(train_losses, dtype=np.float64)), bucket)
@@ -32,13 +48,7 @@ def plot_losses(train_losses, val_points, path, title=""):
         ax.plot(steps, [math.log10(v) for v in losses], "o-", markersize=3, label="validation (full split)")
     ax.set_xlabel("step")
     ax.set_ylabel("log10 loss")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_plot(fig, ax, path, title)
 
 
 def lowest_loss_frontier(trials):
@@ -54,12 +64,7 @@ def lowest_loss_frontier(trials):
 def plot_loss_vs_params(trials, path, reference=None, title=""):
     """trials: (parameters, validation loss, arch) of each completed trial; reference: (label, loss), a
     horizontal line. The lowest loss at each size or smaller is drawn as a step line. Writes a PNG to `path`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = pyplot().subplots(figsize=(8, 4.5))
     for arch in sorted({arch for _, _, arch in trials}):
         params, losses = zip(*[(p, v) for p, v, a in trials if a == arch])
         ax.scatter(params, losses, s=18, label=f"{arch} arch")
@@ -71,10 +76,4 @@ def plot_loss_vs_params(trials, path, reference=None, title=""):
     ax.set_xscale("log")
     ax.set_xlabel("parameters")
     ax.set_ylabel("validation loss (kept model)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100, format="png")
-    plt.close(fig)
-    return path
+    return save_plot(fig, ax, path, title)

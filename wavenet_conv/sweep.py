@@ -43,7 +43,7 @@ from wavenet_conv import train
 from wavenet_conv.data import DEFAULT_INPUT
 from wavenet_conv.errors import UserError, exit_on_user_error
 from wavenet_conv.files import write_atomically
-from wavenet_conv.plot import plot_loss_vs_params
+from wavenet_conv.plot import plot_loss_vs_params, pyplot
 from wavenet_conv.recipes import RECIPES, get_recipe
 from wavenet_conv.trainer import count_parameters, create_model
 
@@ -397,12 +397,9 @@ def write_trials_table(study, path):
 def write_plots(study, work_dir, optuna):
     """history.png, loss_vs_params.png, and importance.png when two completed trials differ in a searched setting
     (a note otherwise)."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, never a window
-    import matplotlib.pyplot as plt
     from optuna.visualization.matplotlib import plot_optimization_history, plot_param_importances
 
+    plt = pyplot()
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not complete:
         print("note: no plots: no trial has completed")
