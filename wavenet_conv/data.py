@@ -9,9 +9,7 @@ names.txt (makemore's 32,033 names) ships in the repository's data/ folder and i
 """
 import argparse
 import hashlib
-import os
 import random
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +17,7 @@ from pathlib import Path
 import torch
 
 from wavenet_conv.errors import DatasetError, exit_on_user_error
+from wavenet_conv.files import write_atomically
 
 DEFAULT_INPUT = "data/names.txt"  # relative to the repository's root, where it ships
 NAMES_URL = "https://raw.githubusercontent.com/karpathy/makemore/master/names.txt"
@@ -157,28 +156,22 @@ def download(url=NAMES_URL, output=DEFAULT_INPUT, sha256=NAMES_SHA256):
     output = Path(output)
     if output.is_dir():
         raise DatasetError(f"output {str(output)!r} is a directory; give a file path such as {DEFAULT_INPUT}")
+
+    def fetch_and_check(partial):
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response:
+                partial.write_bytes(response.read())
+        except (OSError, ValueError) as e:
+            raise DatasetError(f"cannot download {url}: {e}") from None
+        got = sha256_of(partial)
+        if sha256 and got != sha256:  # raised before the rename: a good file already there stays
+            raise DatasetError(f"checksum mismatch for {url}: expected sha256 {sha256}, got {got}")
+
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".part")
+        write_atomically(output, fetch_and_check)
     except OSError as e:
-        raise DatasetError(f"cannot write into {str(output.parent)!r}: {e.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            try:
-                with urllib.request.urlopen(url, timeout=60) as response:
-                    f.write(response.read())
-            except (OSError, ValueError) as e:
-                raise DatasetError(f"cannot download {url}: {e}") from None
-        got = sha256_of(tmp)
-        if sha256 and got != sha256:
-            raise DatasetError(f"checksum mismatch for {url}: expected sha256 {sha256}, got {got}")
-        try:
-            os.replace(tmp, output)
-        except OSError as e:
-            raise DatasetError(f"cannot write {str(output)!r}: {e.strerror}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        raise DatasetError(f"cannot write {str(output)!r}: {e.strerror}") from None
     return output
 
 

@@ -1,4 +1,5 @@
-"""Writing a file atomically: checkpoints, and the sweep's tables and plots that workers may write together."""
+"""Writing a file atomically: checkpoints, the downloaded dataset, and the sweep's tables and plots (which workers
+may write together)."""
 import os
 from pathlib import Path
 
