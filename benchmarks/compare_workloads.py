@@ -7,13 +7,13 @@ the training split for train) in batches of about `batch_size` predictions, with
 Forms (all hold the same weights, checked by compare.py before timing):
 - loop: the lecture's tree, one window at a time (eval only: one window is no batch for batch norm);
 - tree: the lecture's tree over batches of windows;
-- conv: ConvWaveNet, its nn.Conv1d levels over length-bucketed batches of whole items, padded on the right:
-  the model that trains (in training it packs each batch's valid positions into one row);
+- conv: ConvWaveNet, its nn.Conv1d levels over length-bucketed batches of whole items (padded on the right;
+  the model packs each batch's valid positions into one row, in eval and training alike): the model that trains;
 - conv_folded: FoldedConvWaveNet, the inference form (batch norm folded into the convolutions, level 0 a
-  token-pair table, a level whose dilation reaches past every item a 1x1 convolution) over the same batches.
+  token-pair table) over the same batches, packed the same way.
 
-Multiply-adds (MACs) are counted from the shapes each form really computes (right padding and each item's
-all-dot position included), matmuls and convolutions only: batch norm, tanh and the loss are elementwise.
+Multiply-adds (MACs) are counted from the shapes each form really computes (each item's all-dot position and
+the start corrections included), matmuls and convolutions only: batch norm, tanh and the loss are elementwise.
 Shape legend: n examples, b batch, t time.
 """
 import copy
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from wavenet_conv.conv import ConvWaveNet, crossing_positions, item_offsets
+from wavenet_conv.conv import ConvWaveNet, ItemRow
 from wavenet_conv.data import IGNORE_INDEX, bucketed_batches, build_windows, pad_items
 from wavenet_conv.folded import FoldedConvWaveNet
 
@@ -56,31 +56,18 @@ def tree_macs_per_window(config):
     return macs + config.n_hidden * config.vocab_size
 
 
-def conv_macs(config, batch, time):
-    """ConvWaveNet in eval mode on a (batch, time) padded batch: every level at every position, both taps, then
-    the head."""
-    fan_in = 2 * config.n_embd + (config.n_levels - 1) * 2 * config.n_hidden
-    return batch * time * (fan_in * config.n_hidden + config.n_hidden * config.vocab_size)
-
-
-def packed_training_macs(config, targets):
-    """ConvWaveNet's training step on a padded batch: its valid positions packed into one row (both taps and the
-    head at each), plus each level's correction of the earlier tap at the items' first positions; forward and
-    backward (the input's and the weight's gradient)."""
-    item_offset = item_offsets((targets != IGNORE_INDEX).sum(1))  # n
-    macs = conv_macs(config, 1, len(item_offset))
-    for level in range(config.n_levels):
-        fan_in = config.n_embd if level == 0 else config.n_hidden
-        macs += len(crossing_positions(item_offset, 2**level)) * fan_in * config.n_hidden
-    return 3 * macs
-
-
-def folded_macs(config, batch, time):
-    """FoldedConvWaveNet on a (batch, time) padded batch: level 0 is a table lookup; a level whose dilation
-    reaches past the batch's time does its later tap only, plus its earlier tap once, on the all-dot node."""
-    h, macs = config.n_hidden, batch * time * config.n_hidden * config.vocab_size
-    for level in range(1, config.n_levels):
-        macs += batch * time * h * h + (h * h if 2**level >= time else batch * time * h * h)
+def packed_macs(config, targets, table_level0=False):
+    """ConvWaveNet (or with table_level0, FoldedConvWaveNet) on a padded batch: its valid positions packed in
+    one row; at each level the earlier tap on each item's all-dot node, then the Conv1d over the row and the
+    later tap again at the items' first positions, or, where the dilation reaches past every item, the later
+    tap alone; then the head. Forward only."""
+    row = ItemRow((targets != IGNORE_INDEX).sum(1))
+    n, h = len(row.offset), config.n_hidden
+    macs = n * h * config.vocab_size
+    for level in range(1 if table_level0 else 0, config.n_levels):
+        fan_in, d = config.n_embd if level == 0 else h, 2**level
+        columns = n if row.longest <= d else 2 * n + len(row.crossing(d))
+        macs += (columns + len(row.lengths)) * fan_in * h
     return macs
 
 
@@ -116,11 +103,8 @@ def item_chunks(items, batch_size, device, generator):
 
 
 def chunk_macs(form, mode, config, chunks):
-    if form == "conv_folded":
-        return sum(folded_macs(config, *x.shape) for x, _ in chunks)
-    if mode == "train":
-        return sum(packed_training_macs(config, y.cpu()) for _, y in chunks)
-    return sum(conv_macs(config, *x.shape) for x, _ in chunks)
+    per_batch = 3 if mode == "train" else 1  # the backward: the input's and the weight's gradient
+    return per_batch * sum(packed_macs(config, y.cpu(), table_level0=form == "conv_folded") for _, y in chunks)
 
 
 # ---- the timed callables -----------------------------------------------------------------------------
@@ -140,7 +124,7 @@ def train_model(tree, form):
 
 
 def folded_loss(model, x, y):
-    logits = model(x)  # b t v
+    logits = model(x, y)  # b t v
     return logits, F.cross_entropy(rearrange(logits, "b t v -> (b t) v"), rearrange(y, "b t -> (b t)"),
                                    ignore_index=IGNORE_INDEX)
 

@@ -15,7 +15,7 @@ from einops import rearrange
 from torch.testing import assert_close
 
 from wavenet_conv.config import ModelConfig
-from wavenet_conv.conv import ConvWaveNet
+from wavenet_conv.conv import ConvWaveNet, ItemRow
 from wavenet_conv.data import IGNORE_INDEX, Vocab, build_windows, encode_items, pad_items
 from wavenet_conv.folded import FoldedConvWaveNet
 
@@ -241,7 +241,9 @@ def test_receptive_field_is_exactly_the_window(make_random_tree, block_size):
     idx = torch.randint(0, len(VOCAB), (2, 2 * block_size + 1), generator=torch.Generator().manual_seed(9))
     idx[:, 0] = 0  # items start with '.'
     probe = torch.zeros(2, idx.shape[1], conv.config.n_embd, dtype=torch.float64, requires_grad=True)
-    hook = conv.embedding.register_forward_hook(lambda module, inputs, output: output + probe)
+    # the conv embeds the batch packed in one row of positions: (b t) c
+    hook = conv.embedding.register_forward_hook(
+        lambda module, inputs, output: output + rearrange(probe, "b t c -> (b t) c"))
     try:
         logits = conv(idx)[0]  # b t v
     finally:
@@ -276,13 +278,8 @@ def test_all_dot_node_padding_equals_the_token_prefix(make_random_tree, block_si
         assert conv(x)[0].shape[1] == x.shape[1]  # time stays item length + 1: no prefix is computed
 
 
-@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
-def test_every_level_runs_its_conv1d_module(make_random_tree, training):
-    """Forward hooks see each level's nn.Conv1d called once per forward: on (b, c, dilation + t) tensors in eval,
-    on the packed row (1, c, dilation + n), n the valid positions, in training."""
-    block_size = 8
-    conv = ConvWaveNet.from_tree(make_random_tree(small_config(block_size), seed=31)).train(training)
-    x, y = pad_items(encode_items(random_words(block_size, seed=31), VOCAB))
+def conv1d_calls(conv, x, y):
+    """(module, input shape, output shape) of every nn.Conv1d call in one forward and backward."""
     calls = []
     hooks = [module.register_forward_hook(lambda m, inputs, out: calls.append((m, inputs[0].shape, out.shape)))
              for module in conv.modules() if isinstance(module, torch.nn.Conv1d)]
@@ -292,27 +289,62 @@ def test_every_level_runs_its_conv1d_module(make_random_tree, training):
     finally:
         for hook in hooks:
             hook.remove()
+    return calls
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_every_level_runs_its_conv1d_module(make_random_tree, training):
+    """Forward hooks see each level's nn.Conv1d called once per forward, in eval and in training alike, on the
+    packed row (1, c, dilation + n), n the valid positions: not on the padded (b, c, t) batch."""
+    block_size = 8
+    conv = ConvWaveNet.from_tree(make_random_tree(small_config(block_size), seed=31)).train(training)
+    x, y = pad_items(encode_items(random_words(block_size, seed=31), VOCAB))
+    calls = conv1d_calls(conv, x, y)
     assert [m for m, _, _ in calls] == [level.conv for level in conv.levels]
-    b, t = (1, int((y != IGNORE_INDEX).sum())) if training else x.shape
-    assert training == (t != x.shape[1])  # the packed row is really another shape
+    n = int((y != IGNORE_INDEX).sum())
+    assert n < x.numel()  # the packed row is really another shape than the padded batch
     for (m, shape_in, shape_out), level in zip(calls, conv.levels, strict=True):
-        assert tuple(shape_in) == (b, m.in_channels, level.dilation + t)
-        assert tuple(shape_out) == (b, m.out_channels, t)
+        assert tuple(shape_in) == (1, m.in_channels, level.dilation + n)
+        assert tuple(shape_out) == (1, m.out_channels, n)
     assert all(level.conv.weight.grad.abs().sum() > 0 for level in conv.levels)  # gradients flow through conv1d
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_a_level_whose_dilation_passes_every_item_reads_only_the_all_dot_node(make_random_tree, training):
+    """Items of at most 4 positions at block 32: levels with dilation >= 4 skip the module (every earlier tap
+    reads the all-dot node: a 1x1 convolution of the later tap), and the result is still the node-by-node one."""
+    conv = ConvWaveNet.from_tree(make_random_tree(small_config(32), seed=33)).train(training)
+    x, y = pad_items(encode_items(["abc", "", "d", "efg", "ab"], VOCAB))  # longest: 4 positions
+    reference = copy.deepcopy(conv)
+    calls = conv1d_calls(conv, x, y)
+    assert [m for m, _, _ in calls] == [level.conv for level in conv.levels if level.dilation < 4]
+    if training:
+        expected_logits, _, _ = reference_training_forward(reference, x, y)
+    else:
+        with torch.no_grad():
+            expected_logits = token_prefix_logits(reference, x)[y != IGNORE_INDEX]
+    with torch.no_grad():
+        logits = conv(x, y)[0][y != IGNORE_INDEX]
+    assert_close(logits, expected_logits, atol=1e-10, rtol=1e-10)
+    assert all(level.conv.weight.grad.abs().sum() > 0 for level in conv.levels)  # every level still learns
 
 
 # ---- negative controls: the same check must fail on the classic bugs ----
 
+def zeros_before_items(x, row):
+    return x.new_zeros(x.shape[1], len(row.starts))  # c b
+
+
 def zero_padded_input(conv):
     """Broken on purpose: zeros in front of the embedded item instead of the '.' (all-dot) node at level 0."""
-    conv.levels[0].left_pad = lambda x: F.pad(x, (conv.levels[0].dilation, 0))
+    conv.levels[0].left_context = zeros_before_items
     return conv
 
 
 def zero_padded_levels(conv):
-    """Broken on purpose: each level zero-pads its input by its dilation, as Conv1d(padding=...) does."""
+    """Broken on purpose: each level reads zeros before each item, as Conv1d(padding=...) does."""
     for level in conv.levels:
-        level.left_pad = lambda x, d=level.dilation: F.pad(x, (d, 0))
+        level.left_context = zeros_before_items
     return conv
 
 
@@ -403,14 +435,13 @@ def test_packed_training_equals_the_node_by_node_reference_with_gradients(make_r
 
 
 @pytest.mark.parametrize("block_size", [4, 8])
-def test_control_packed_items_without_the_start_fix_fail_the_check(make_random_tree, block_size):
+def test_control_packed_items_without_the_start_fix_fail_the_check(make_random_tree, block_size, monkeypatch):
     """Broken on purpose: the packed row's items read the item before them, as plain packing does."""
     conv = ConvWaveNet.from_tree(make_random_tree(small_config(block_size), seed=43)).train()
     x, y = pad_items(encode_items(random_words(block_size, seed=43), VOCAB))
     with torch.no_grad():
         expected_logits, _, _ = reference_training_forward(conv, x, y)
-        for level in conv.levels:
-            level.fix_item_starts = lambda h, x, item_offset: h
+        monkeypatch.setattr(ItemRow, "crossing", lambda row, dilation: torch.zeros(0, dtype=torch.long))
         logits, _ = conv(x, y)
     gaps = (logits[y != IGNORE_INDEX] - expected_logits).abs().amax(-1)  # n
     assert gaps.max() > LARGE_GAP

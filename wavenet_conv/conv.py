@@ -4,29 +4,30 @@ Level i is a kernel-2 `nn.Conv1d` at dilation 2**i: it fuses the node ending at 
 t - 2**i, exactly the tree's pair, so the tree over the window ending at t is computed for every t while each
 shared node is computed once.
 
-The start of an item, exactly and without padding tokens: an item's input is `[., w1 .. wL]`, so position 0
-holds '.' and at every level position 0 is the node over an all-'.' window, the same node for every item. The
-tree's windows that reach back before the item hold only '.' too, so the left context of every level is that
-node: each level's input is left-padded with `dilation` copies of its own position 0 (`causal_pad`), and the
-time length stays L + 1 at every level. (Zero-padding, what `Conv1d(padding=...)` does, is the classic bug.)
+Every forward packs the batch: the valid positions of every item (target not -1; every position without
+targets) back to back in one row, (1, c, n). No right padding is computed, batch norm's statistics are plain
+sums along time, and each level's Conv1d runs once over the whole row (a long row is also the layout oneDNN's
+kernel-2 convolution runs fastest on: about twice the rate of a batch of short rows here).
 
-Batch norm in training mode counts each node at a valid position (target not -1) once: every real node of
-every item, and the all-dot node once per item (its position 0, which predicts the item's first character).
-Right padding stays out of the statistics and the loss. The variance is the unbiased one, as in the lecture's
-BatchNorm1d. In eval mode the running statistics apply, and the conv equals the tree exactly.
+The start of an item, exactly and without padding tokens: an item's input is `[., w1 .. wL]`, so its position 0
+holds '.' and at every level its position 0 is the node over an all-'.' window, the all-dot node. The tree's
+windows that reach back before the item hold only '.' too, so the left context of every level is that node
+(`ConvLevel.left_context`). The first item of the row reads it from the left padding, `dilation` copies of it;
+the others' first `dilation` positions would read the item before, so their earlier tap's term is replaced
+by the earlier tap on the all-dot node (`causal_conv`). Time stays L + 1 at every level, at every block size.
+(Zeros, what `Conv1d(padding=...)` reads, are the classic bug.)
 
-Training (targets given, training mode) packs the batch: the valid positions of every item, back to back in
-one row, so that no right padding is computed at all and batch norm's statistics are plain sums along time.
-Each level still runs its Conv1d once, over the whole row. Where an item's earlier tap would reach into the
-item before it (its first `dilation` positions), the conv's output is corrected to the all-dot node's term:
-the earlier tap's weight times (all-dot node - what the conv read). The first item of the row is exact
-through `causal_pad` already. The result is the padded batch's function, logits, loss and gradients alike.
+Batch norm in training mode counts each node at a valid position once: every real node of every item, and
+the all-dot node once per item (its position 0, which predicts the item's first character). Right padding
+stays out of the statistics and the loss. The variance is the unbiased one, as in the lecture's BatchNorm1d.
+In eval mode the running statistics apply, and the conv equals the tree exactly.
 
 Level 0 is a plain convolution too: its token-pair form (the conv run once on each of the v * v pairs, then
 looked up) trained no faster here (83.6 against 85.4 ms a step on 2 CPU threads), so it lives only in the
 inference form, FoldedConvWaveNet, where it also absorbs batch norm and tanh.
 
-Shape legend: b batch, t time, c channels, h hidden channels, k taps (0: earlier, 1: later), v vocab.
+Shape legend: b batch, t time, n positions of the packed row, m positions of it that read across an item's
+start, c channels, h hidden channels, k taps (0: earlier, 1: later), v vocab.
 """
 import torch
 import torch.nn.functional as F
@@ -38,21 +39,72 @@ from wavenet_conv.data import IGNORE_INDEX
 
 
 def causal_pad(x, dilation):
-    """`dilation` copies of position 0 (the all-dot node) in front of each item: b c t -> b c (dilation + t)."""
+    """`dilation` copies of position 0 (the all-dot node) in front of each item of a padded batch (the gated
+    arch's layout): b c t -> b c (dilation + t)."""
     return torch.cat([x[:, :, :1].expand(-1, -1, dilation), x], dim=2)
 
 
-def item_offsets(lengths):
-    """Each position's offset within its item, for items of these lengths packed back to back: b -> n."""
-    starts = torch.cumsum(lengths, 0) - lengths  # b: where each item starts in the row
-    return torch.arange(int(lengths.sum()), device=lengths.device) - torch.repeat_interleave(starts, lengths)
+class ItemRow:
+    """Items of lengths `lengths` (b) back to back in one row of n positions: where each item starts and where
+    each position sits. Every form that packs (training, evaluation, the folded form) reads its layout here."""
+
+    def __init__(self, lengths):
+        self.lengths = lengths  # b
+        self.starts = torch.cumsum(lengths, 0) - lengths  # b: each item's first position in the row
+        self.item = torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)  # n
+        self.offset = torch.arange(len(self.item), device=lengths.device) - self.starts[self.item]  # n
+        self.longest = int(lengths.max()) if len(lengths) else 0
+
+    @classmethod
+    def of(cls, idx, targets=None):
+        """The row of a (b t) batch: its valid positions (target not -1), or every position without targets.
+        Returns (the row, the valid mask b t or None)."""
+        if targets is None:
+            return cls(torch.full((idx.shape[0],), idx.shape[1], device=idx.device)), None
+        valid = targets != IGNORE_INDEX  # b t
+        lengths = valid.sum(1)  # b: items + 1, the end marker
+        if not torch.equal(valid, torch.arange(idx.shape[1], device=idx.device) < lengths[:, None]):
+            raise ValueError("targets must be -1 only on right padding, after each item's end marker")
+        return cls(lengths), valid
+
+    def crossing(self, dilation):
+        """The positions whose earlier tap at this dilation reads the item before (m); the first item's read
+        the left padding, its own all-dot node, already."""
+        position = torch.arange(len(self.offset), device=self.offset.device)
+        return torch.nonzero((self.offset < dilation) & (position >= dilation)).squeeze(1)
+
+    def unpack(self, packed, valid, shape):
+        """n v -> b t v: the packed row's outputs in the batch's layout, 0 on right padding."""
+        if valid is None:
+            return rearrange(packed, "(b t) v -> b t v", b=shape[0])
+        out = packed.new_zeros(*shape, packed.shape[-1])
+        out[valid] = packed
+        return out
 
 
-def crossing_positions(item_offset, dilation):
-    """The positions of a packed row whose earlier tap at this dilation reads the item before (m); the first
-    `dilation` positions read `causal_pad`, the all-dot node, already."""
-    position = torch.arange(len(item_offset), device=item_offset.device)
-    return torch.nonzero((item_offset < dilation) & (position >= dilation)).squeeze(1)
+def causal_conv(conv, x, row, left):
+    """A kernel-2 Conv1d over the items packed in x (1 c n), each item exactly as if alone with its left
+    context `left` (c b, one node per item: its all-dot node) in every tap before it: 1 c n -> 1 h n.
+
+    The module runs once over the row, left-padded for the first item. An item's first `dilation` positions
+    would read their earlier tap from the item before, so their outputs are replaced: the earlier tap on
+    `left` plus the later tap on their own input (no correction is added, so no item's numbers ever depend
+    on another's, not even by rounding). Where the dilation reaches past every item, every earlier tap reads
+    `left`: the later tap alone is a 1x1 convolution and the earlier one a term per item (half the work).
+    """
+    d = conv.dilation[0]
+    earlier_tap, later_tap = conv.weight.unbind(2)  # h c, h c
+    before_item = earlier_tap @ left  # h b: the earlier tap's term wherever it falls before the item
+    if row.longest <= d:
+        return F.conv1d(x, conv.weight[:, :, 1:], conv.bias) + before_item.index_select(1, row.item)  # 1 h n
+    h = conv(torch.cat([left[None, :, :1].expand(-1, -1, d), x], dim=2))  # 1 c (d + n) -> 1 h n
+    crossing = row.crossing(d)  # m
+    # index_select: its backward is an index_add, no sort
+    at_starts = torch.addmm(before_item.index_select(1, row.item[crossing]), later_tap,
+                            x[0].index_select(1, crossing))  # h m
+    if conv.bias is not None:
+        at_starts = at_starts + conv.bias[:, None]
+    return h.index_copy(2, crossing, at_starts[None])  # 1 h n
 
 
 class ConvLevel(nn.Module):
@@ -67,28 +119,19 @@ class ConvLevel(nn.Module):
     def dilation(self):
         return self.conv.dilation[0]
 
-    def forward(self, x, item_offset=None):
-        """b c t -> b h t; item_offset (t), for a packed row (b = 1): each position's offset within its item."""
-        h = self.conv(self.left_pad(x))  # b c (d + t) -> b h t
-        if item_offset is not None:
-            h = self.fix_item_starts(h, x, item_offset)
+    def forward(self, x, row):
+        """1 c n -> 1 h n over the items of a packed row."""
+        h = causal_conv(self.conv, x, row, self.left_context(x, row))  # 1 h n
         return tanh(self.batch_norm(h))
 
-    def left_pad(self, x):
-        return causal_pad(x, self.dilation)  # b c t -> b c (d + t)
-
-    def fix_item_starts(self, h, x, item_offset):
-        """In a packed row, an item's first `dilation` positions read their earlier tap from the item before;
-        replace that term by the all-dot node's (position 0 of the row, an item's first position)."""
-        crossing = crossing_positions(item_offset, self.dilation)  # m
-        earlier_tap = self.conv.weight[:, :, 0]  # h c
-        read = x[0].index_select(1, crossing - self.dilation)  # c m (its backward is an index_add, no sort)
-        correction = earlier_tap @ (x[0, :, :1] - read)  # h m
-        return h.index_add(2, crossing, correction[None])  # 1 h t
+    def left_context(self, x, row):
+        """What each item sees before it: its own first node (the node over its leading '.', the all-dot
+        node), c b. (Zeros, what `Conv1d(padding=...)` reads, are the classic bug.)"""
+        return x[0].index_select(1, row.starts)
 
     def batch_norm(self, h):
-        """b h t -> b h t: the running statistics in eval mode; in training the batch's, over every position of
-        h (the packed row holds only valid positions).
+        """1 h n -> 1 h n: the running statistics in eval mode; in training the batch's, over every position of
+        the row (it holds only valid positions).
 
         The lecture normalizes with the unbiased variance, torch's fused kernel with the biased one (m = var_b):
         (h - mean) / sqrt(var_b * n / (n - 1) + eps) = sqrt((n - 1) / n) * (h - mean) / sqrt(var_b + eps'),
@@ -98,7 +141,7 @@ class ConvLevel(nn.Module):
         bn = self.bn
         if not self.training:
             scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)  # h
-            return torch.addcmul((bn.bias - bn.running_mean * scale)[:, None], h, scale[:, None])  # b h t
+            return torch.addcmul((bn.bias - bn.running_mean * scale)[:, None], h, scale[:, None])  # 1 h n
         n = h.shape[0] * h.shape[2]
         if n < 2:
             raise ValueError("batch norm in training needs at least 2 positions; this batch has 1")
@@ -123,40 +166,20 @@ class ConvWaveNet(nn.Module):
     def forward(self, idx, targets=None):
         """idx (b t): items that start with '.', as pad_items makes them; targets (b t), -1 on right padding.
 
-        Logits (b t v) at every position; logits[:, t] sees only idx[:, t - block_size + 1 .. t], with '.'
-        before the item.
+        Logits (b t v) at every position (0 on right padding); logits[:, t] sees only
+        idx[:, t - block_size + 1 .. t], with the item's first node standing for the dots before it. The
+        batch's valid positions (all of them without targets) run packed in one row, through every level.
         """
-        if self.training and targets is not None:
-            return self.packed_forward(idx, targets)
-        x = rearrange(self.embedding(idx), "b t c -> b c t")
+        row, valid = ItemRow.of(idx, targets)
+        tokens = idx if valid is None else idx[valid]  # n: items back to back, each from its '.'
+        x = rearrange(self.embedding(tokens.reshape(-1)), "n c -> 1 c n")
         for level in self.levels:
-            x = level(x)  # b c t -> b h t
-        logits = self.head(rearrange(x, "b h t -> b t h"))  # b t v
+            x = level(x, row)  # 1 c n -> 1 h n
+        packed_logits = self.head(rearrange(x, "1 h n -> n h"))  # n v
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(
-                rearrange(logits, "b t v -> (b t) v"), rearrange(targets, "b t -> (b t)"), ignore_index=IGNORE_INDEX
-            )
-        return logits, loss
-
-    def packed_forward(self, idx, targets):
-        """Training: the batch's valid positions packed into one row (n of them), through the same levels.
-
-        Returns the logits in the batch's (b t v) layout (0 on right padding) and the mean loss.
-        """
-        valid = targets != IGNORE_INDEX  # b t
-        lengths = valid.sum(1)  # b: items + 1, the end marker
-        if not torch.equal(valid, torch.arange(idx.shape[1], device=idx.device) < lengths[:, None]):
-            raise ValueError("targets must be -1 only on right padding, after each item's end marker")
-        item_offset = item_offsets(lengths)  # n
-        x = rearrange(self.embedding(idx[valid]), "n c -> 1 c n")  # items back to back, each from its '.'
-        for level in self.levels:
-            x = level(x, item_offset=item_offset)  # 1 c n -> 1 h n
-        packed_logits = self.head(rearrange(x, "1 h n -> n h"))  # n v
-        loss = F.cross_entropy(packed_logits, targets[valid])
-        logits = packed_logits.new_zeros(*idx.shape, packed_logits.shape[-1])  # b t v
-        logits[valid] = packed_logits
-        return logits, loss
+            loss = F.cross_entropy(packed_logits, targets[valid])
+        return row.unpack(packed_logits, valid, idx.shape), loss
 
     @classmethod
     def from_tree(cls, tree):

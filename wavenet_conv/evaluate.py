@@ -80,9 +80,9 @@ class SplitEvaluator:
             with torch.inference_mode():
                 # the lecture arch's conv in its folded inference form; the gated arch and the tree as they are
                 folded = model_type == "conv" and model.config.arch == "lecture"
-                forward = FoldedConvWaveNet(model) if folded else lambda x: model(x)[0]
+                forward = FoldedConvWaveNet(model) if folded else lambda x, y: model(x)[0]
                 for x, y in batches:
-                    logits = forward(x)
+                    logits = forward(x, y)  # the folded form computes valid positions only
                     if logits.ndim == 3:
                         logits, y = rearrange(logits, "b t v -> (b t) v"), rearrange(y, "b t -> (b t)")
                     total += F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX, reduction="sum").item()

@@ -4,10 +4,11 @@ torch's `fuse_conv_bn_weights` turns each level's Conv1d + BatchNorm1d into one 
 BN(W x) = (s W) x + (beta - s mean), s = gamma / sqrt(var + eps). Evaluation, sampling (cache.py) and the
 benchmark all use this form. Two exact shortcuts make it cheaper than the conv it copies:
 - level 0 sees a pair of tokens only, so its output for every one of the v * v pairs is a table, computed once;
-- a level whose dilation reaches past the end of every item reads only the all-dot node with its earlier tap,
-  so it is a 1x1 convolution (the later tap) plus a constant: half the work.
+- like ConvWaveNet it runs the batch packed in one row (`causal_conv`), where a level whose dilation reaches
+  past the end of every item reads only the all-dot node with its earlier tap: a 1x1 convolution plus a term
+  per item, half the work.
 
-Shape legend: b batch, t time, c channels, h hidden, k taps (0: earlier, 1: later), v vocab.
+Shape legend: b batch, t time, n positions of the packed row, c channels, h hidden, k taps (0: earlier, 1: later), v vocab.
 """
 import copy
 
@@ -18,7 +19,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from wavenet_conv.activations import tanh
-from wavenet_conv.conv import causal_pad
+from wavenet_conv.conv import ItemRow, causal_conv
 
 
 class FoldedConvWaveNet(nn.Module):
@@ -57,20 +58,16 @@ class FoldedConvWaveNet(nn.Module):
         return self.head(top)  # b ... h -> b ... v
 
     @torch.no_grad()
-    def forward(self, idx):
-        """idx (b t), items starting with '.' as for ConvWaveNet -> logits (b t v)."""
-        earlier = torch.cat([idx[:, :1], idx[:, :-1]], dim=1)  # b t: position 0's earlier token is '.' too
-        x = self.pair_table[earlier * self.config.vocab_size + idx]  # b t h
-        x = rearrange(x, "b t h -> b h t")
+    def forward(self, idx, targets=None):
+        """idx (b t), items starting with '.' as for ConvWaveNet -> logits (b t v), 0 on right padding (targets
+        -1), which is never computed."""
+        row, valid = ItemRow.of(idx, targets)
+        tokens = idx.reshape(-1) if valid is None else idx[valid]  # n
+        earlier = torch.roll(tokens, 1).index_copy_(0, row.starts, tokens[row.starts])  # n: an item's first reads itself, its '.'
+        x = rearrange(self.pair_table[earlier * self.config.vocab_size + tokens], "n h -> 1 h n")
         for conv in self.levels[1:]:
-            d = conv.dilation[0]
-            if d >= x.shape[2]:
-                # every earlier tap falls before the item: the all-dot node (position 0), a constant term
-                constant = torch.mv(conv.weight[:, :, 0], x[0, :, 0]) + conv.bias  # h
-                x = tanh(F.conv1d(x, conv.weight[:, :, 1:], constant))  # b h t
-            else:
-                x = tanh(conv(causal_pad(x, d)))  # b h t
-        return self.head(rearrange(x, "b h t -> b t h"))  # b t v
+            x = tanh(causal_conv(conv, x, row, x[0].index_select(1, row.starts)))  # 1 h n
+        return row.unpack(self.head(rearrange(x, "1 h n -> n h")), valid, idx.shape)  # b t v
 
 
 def folded_conv(level):
