@@ -7,10 +7,11 @@ the training split for train) in batches of about `batch_size` predictions, with
 Forms (all hold the same weights, checked by compare.py before timing):
 - loop: the lecture's tree, one window at a time (eval only: one window is no batch for batch norm);
 - tree: the lecture's tree over batches of windows;
-- conv: ConvWaveNet, its nn.Conv1d levels over length-bucketed batches of whole items (padded on the right;
-  the model packs each batch's valid positions into one row, in eval and training alike): the model that trains;
-- conv_folded: FoldedConvWaveNet, the inference form (batch norm folded into the convolutions, level 0 a
-  token-pair table) over the same batches, packed the same way.
+- conv: ConvWaveNet, level 0 a table of token pairs and its nn.Conv1d levels above, over length-bucketed
+  batches of whole items (padded on the right; the model packs each batch's valid positions into one row, in
+  eval and training alike): the model that trains;
+- conv_folded: FoldedConvWaveNet, the inference form (batch norm folded into the convolutions, level 0's
+  token-pair table with batch norm and tanh built once) over the same batches, packed the same way.
 
 Multiply-adds (MACs) are counted from the shapes each form really computes (each item's all-dot position and
 the start corrections included), matmuls and convolutions only: batch norm, tanh and the loss are elementwise.
@@ -56,18 +57,19 @@ def tree_macs_per_window(config):
     return macs + config.n_hidden * config.vocab_size
 
 
-def packed_macs(config, targets, table_level0=False):
-    """ConvWaveNet (or with table_level0, FoldedConvWaveNet) on a padded batch: its valid positions packed in
-    one row; at each level the earlier tap on each item's all-dot node, then the Conv1d over the row and the
-    later tap again at the items' first positions, or, where the dilation reaches past every item, the later
-    tap alone; then the head. Forward only."""
+def packed_macs(config, targets, form):
+    """ConvWaveNet or FoldedConvWaveNet on a padded batch: its valid positions packed in one row. Level 0 is a
+    table of every token pair (the conv computes it each call, the folded form once when it is built). At each
+    level above: the earlier tap on each item's all-dot node, then the Conv1d over the row and the later tap
+    again at the items' first positions, or, where the dilation reaches past every item, the later tap alone.
+    Then the head. Forward only."""
     row = ItemRow((targets != IGNORE_INDEX).sum(1))
-    n, h = len(row.offset), config.n_hidden
-    macs = n * h * config.vocab_size
-    for level in range(1 if table_level0 else 0, config.n_levels):
-        fan_in, d = config.n_embd if level == 0 else h, 2**level
+    n, h, v = len(row.offset), config.n_hidden, config.vocab_size
+    macs = n * h * v + (v * v * 2 * config.n_embd * h if form == "conv" else 0)
+    for level in range(1, config.n_levels):
+        d = 2**level
         columns = n if row.longest <= d else 2 * n + len(row.crossing(d))
-        macs += (columns + len(row.lengths)) * fan_in * h
+        macs += (columns + len(row.lengths)) * h * h
     return macs
 
 
@@ -104,7 +106,7 @@ def item_chunks(items, batch_size, device, generator):
 
 def chunk_macs(form, mode, config, chunks):
     per_batch = 3 if mode == "train" else 1  # the backward: the input's and the weight's gradient
-    return per_batch * sum(packed_macs(config, y.cpu(), table_level0=form == "conv_folded") for _, y in chunks)
+    return per_batch * sum(packed_macs(config, y.cpu(), form) for _, y in chunks)
 
 
 # ---- the timed callables -----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from einops import rearrange
 from torch.testing import assert_close
 
 from wavenet_conv.config import ModelConfig
+from wavenet_conv import conv as conv_module
 from wavenet_conv.conv import ConvWaveNet, ItemRow
 from wavenet_conv.data import IGNORE_INDEX, Vocab, build_windows, encode_items, pad_items
 from wavenet_conv.folded import FoldedConvWaveNet
@@ -234,25 +235,23 @@ def assert_causal_with_exactly_the_window(conv, seed=7):
 
 @pytest.mark.parametrize("block_size", [2, 4, 8])
 def test_receptive_field_is_exactly_the_window(make_random_tree, block_size):
-    """Autograd: logits[:, t] depend on the embedded input exactly at positions max(0, t-block_size+1) .. t.
+    """Autograd: logits[:, t] depend on level 0's nodes (one per position p, over the tokens p - 1 and p) exactly
+    at the window's pairs, t, t - 2, .., t - block_size + 2; a pair before the item is its first node, over '.'.
 
-    Position 0 ('.') also stands for the dots before the item, so it is in every early window."""
+    Level 0 is a table of token pairs, so the probe is added to its output at each position of each item."""
     conv = ConvWaveNet.from_tree(make_random_tree(small_config(block_size), seed=9))
     idx = torch.randint(0, len(VOCAB), (2, 2 * block_size + 1), generator=torch.Generator().manual_seed(9))
     idx[:, 0] = 0  # items start with '.'
-    probe = torch.zeros(2, idx.shape[1], conv.config.n_embd, dtype=torch.float64, requires_grad=True)
-    # the conv embeds the batch packed in one row of positions: (b t) c
-    hook = conv.embedding.register_forward_hook(
-        lambda module, inputs, output: output + rearrange(probe, "b t c -> (b t) c"))
-    try:
-        logits = conv(idx)[0]  # b t v
-    finally:
-        hook.remove()
+    probe = torch.zeros(2, idx.shape[1], conv.config.n_hidden, dtype=torch.float64, requires_grad=True)
+    first = conv.levels[0]
+    # the conv runs the batch packed in one row of positions: 1 h (b t)
+    first.activate = lambda h, activate=first.activate: activate(h + rearrange(probe, "b t h -> 1 h (b t)"))
+    logits = conv(idx)[0]  # b t v
     for t in range(idx.shape[1]):
         (grad,) = torch.autograd.grad(logits[:, t].sum(), probe, retain_graph=True)
-        sensitivity = grad.abs().sum((0, 2))  # t: how much each input position moves logits[:, t]
+        sensitivity = grad.abs().sum((0, 2))  # t: how much each position's level-0 node moves logits[:, t]
         window = torch.zeros_like(sensitivity, dtype=torch.bool)
-        window[max(0, t - block_size + 1) : t + 1] = True
+        window[[max(0, t - p) for p in range(0, block_size, 2)]] = True
         assert (sensitivity[window] > 1e-9).all(), t
         assert (sensitivity[~window] == 0).all(), t
 
@@ -294,16 +293,17 @@ def conv1d_calls(conv, x, y):
 
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
 def test_every_level_runs_its_conv1d_module(make_random_tree, training):
-    """Forward hooks see each level's nn.Conv1d called once per forward, in eval and in training alike, on the
-    packed row (1, c, dilation + n), n the valid positions: not on the padded (b, c, t) batch."""
+    """Forward hooks see each level's nn.Conv1d above level 0 (a table of token pairs) called once per forward,
+    in eval and in training alike, on the packed row (1, c, dilation + n), n the valid positions, not on the
+    padded (b, c, t) batch."""
     block_size = 8
     conv = ConvWaveNet.from_tree(make_random_tree(small_config(block_size), seed=31)).train(training)
     x, y = pad_items(encode_items(random_words(block_size, seed=31), VOCAB))
     calls = conv1d_calls(conv, x, y)
-    assert [m for m, _, _ in calls] == [level.conv for level in conv.levels]
+    assert [m for m, _, _ in calls] == [level.conv for level in conv.levels[1:]]
     n = int((y != IGNORE_INDEX).sum())
     assert n < x.numel()  # the packed row is really another shape than the padded batch
-    for (m, shape_in, shape_out), level in zip(calls, conv.levels, strict=True):
+    for (m, shape_in, shape_out), level in zip(calls, conv.levels[1:], strict=True):
         assert tuple(shape_in) == (1, m.in_channels, level.dilation + n)
         assert tuple(shape_out) == (1, m.out_channels, n)
     assert all(level.conv.weight.grad.abs().sum() > 0 for level in conv.levels)  # gradients flow through conv1d
@@ -317,7 +317,7 @@ def test_a_level_whose_dilation_passes_every_item_reads_only_the_all_dot_node(ma
     x, y = pad_items(encode_items(["abc", "", "d", "efg", "ab"], VOCAB))  # longest: 4 positions
     reference = copy.deepcopy(conv)
     calls = conv1d_calls(conv, x, y)
-    assert [m for m, _, _ in calls] == [level.conv for level in conv.levels if level.dilation < 4]
+    assert [m for m, _, _ in calls] == [level.conv for level in conv.levels[1:] if level.dilation < 4]
     if training:
         expected_logits, _, _ = reference_training_forward(reference, x, y)
     else:
@@ -335,26 +335,27 @@ def zeros_before_items(x, row):
     return x.new_zeros(x.shape[1], len(row.starts))  # c b
 
 
-def zero_padded_input(conv):
-    """Broken on purpose: zeros in front of the embedded item instead of the '.' (all-dot) node at level 0."""
-    conv.levels[0].left_context = zeros_before_items
+def unfixed_first_pairs(conv, monkeypatch):
+    """Broken on purpose: level 0 pairs each item's first '.' with the token before it in the packed row (the
+    item before's last one), not with the '.' before the item."""
+    monkeypatch.setattr(conv_module, "pair_index", lambda tokens, row, v: torch.roll(tokens, 1) * v + tokens)
     return conv
 
 
-def zero_padded_levels(conv):
+def zero_padded_levels(conv, monkeypatch):
     """Broken on purpose: each level reads zeros before each item, as Conv1d(padding=...) does."""
     for level in conv.levels:
         level.left_context = zeros_before_items
     return conv
 
 
-@pytest.mark.parametrize("break_", [zero_padded_input, zero_padded_levels])
+@pytest.mark.parametrize("break_", [unfixed_first_pairs, zero_padded_levels])
 @pytest.mark.parametrize("block_size", [4, 8])
-def test_control_zero_padded_activations_fail_the_check(make_random_tree, block_size, break_):
+def test_control_wrong_activations_before_items_fail_the_check(make_random_tree, block_size, break_, monkeypatch):
     tree = make_random_tree(small_config(block_size), seed=11)
     words = random_words(block_size, seed=11)
     assert_equivalent(tree, ConvWaveNet.from_tree(tree), words)  # the same check passes on the real conv
-    broken = break_(ConvWaveNet.from_tree(tree))
+    broken = break_(ConvWaveNet.from_tree(tree), monkeypatch)
     with pytest.raises(AssertionError):
         assert_equivalent(tree, broken, words)
     gaps, positions = logit_gaps(tree, broken, words)

@@ -22,9 +22,11 @@ the all-dot node once per item (its position 0, which predicts the item's first 
 stays out of the statistics and the loss. The variance is the unbiased one, as in the lecture's BatchNorm1d.
 In eval mode the running statistics apply, and the conv equals the tree exactly.
 
-Level 0 is a plain convolution too: its token-pair form (the conv run once on each of the v * v pairs, then
-looked up) trained no faster here (83.6 against 85.4 ms a step on 2 CPU threads), so it lives only in the
-inference form, FoldedConvWaveNet, where it also absorbs batch norm and tanh.
+Level 0 sees only a pair of tokens, so its convolution is computed once for each of the v * v token pairs and
+looked up at every position (`pair_table`, an embedding of pairs): exact, and the cheapest form of the level.
+A/B on 2 CPU threads against the Conv1d over the row, 16 alternating rounds of 10 steps of 256 names at
+block 8: 1.14x faster a step (range 1.00-1.39), at block 32 no difference (0.99). The levels above are the
+Conv1d modules themselves.
 
 Shape legend: b batch, t time, n positions of the packed row, m positions of it that read across an item's
 start, c channels, h hidden channels, k taps (0: earlier, 1: later), v vocab.
@@ -82,6 +84,25 @@ class ItemRow:
         return out
 
 
+def pair_table(conv, embedding, vocab_size):
+    """Level 0's kernel-2 convolution on every token pair: (v v) h, row earlier * v + later. Level 0 sees
+    nothing but a pair of tokens, so this table is the whole level (before batch norm): v * v nodes instead of
+    one per position, its backward a scatter into v * v rows. On a pair (time 2, one output) the convolution
+    is one matmul with its weight as h (k c); calling the Conv1d module on the (v v, c, 2) pairs instead gives
+    the same table but trained slower here (oneDNN's backward of that shape)."""
+    vocab = torch.arange(vocab_size, device=embedding.weight.device)
+    pairs = torch.cartesian_prod(vocab, vocab)  # (v v) k: earlier, later token
+    return F.linear(rearrange(embedding(pairs), "p k c -> p (k c)"), rearrange(conv.weight, "h c k -> h (k c)"),
+                    conv.bias)  # (v v) h
+
+
+def pair_index(tokens, row, vocab_size):
+    """n -> n: each position's row of the pair table; an item's first position pairs its '.' with itself (the
+    dots before the item)."""
+    earlier = torch.roll(tokens, 1).index_copy_(0, row.starts, tokens[row.starts])  # n
+    return earlier * vocab_size + tokens
+
+
 def causal_conv(conv, x, row, left):
     """A kernel-2 Conv1d over the items packed in x (1 c n), each item exactly as if alone with its left
     context `left` (c b, one node per item: its all-dot node) in every tap before it: 1 c n -> 1 h n.
@@ -121,8 +142,10 @@ class ConvLevel(nn.Module):
 
     def forward(self, x, row):
         """1 c n -> 1 h n over the items of a packed row."""
-        h = causal_conv(self.conv, x, row, self.left_context(x, row))  # 1 h n
-        return tanh(self.batch_norm(h))
+        return self.activate(causal_conv(self.conv, x, row, self.left_context(x, row)))  # 1 h n
+
+    def activate(self, h):
+        return tanh(self.batch_norm(h))  # 1 h n
 
     def left_context(self, x, row):
         """What each item sees before it: its own first node (the node over its leading '.', the all-dot
@@ -171,9 +194,11 @@ class ConvWaveNet(nn.Module):
         batch's valid positions (all of them without targets) run packed in one row, through every level.
         """
         row, valid = ItemRow.of(idx, targets)
-        tokens = idx if valid is None else idx[valid]  # n: items back to back, each from its '.'
-        x = rearrange(self.embedding(tokens.reshape(-1)), "n c -> 1 c n")
-        for level in self.levels:
+        tokens = idx.reshape(-1) if valid is None else idx[valid]  # n: items back to back, each from its '.'
+        first, *above = self.levels
+        table = pair_table(first.conv, self.embedding, self.config.vocab_size)  # (v v) h
+        x = first.activate(table.T.index_select(1, pair_index(tokens, row, self.config.vocab_size))[None])  # 1 h n
+        for level in above:
             x = level(x, row)  # 1 c n -> 1 h n
         packed_logits = self.head(rearrange(x, "1 h n -> n h"))  # n v
         loss = None

@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from wavenet_conv.activations import tanh
-from wavenet_conv.conv import ItemRow, causal_conv
+from wavenet_conv.conv import ItemRow, causal_conv, pair_index, pair_table
 
 
 class FoldedConvWaveNet(nn.Module):
@@ -32,10 +32,8 @@ class FoldedConvWaveNet(nn.Module):
             self.embedding = copy.deepcopy(conv.embedding).requires_grad_(False)
             self.levels = nn.ModuleList(folded_conv(level) for level in conv.levels)
             self.head = copy.deepcopy(conv.head).requires_grad_(False)
-            vocab = torch.arange(self.config.vocab_size, device=self.head.weight.device)
-            pairs = torch.cartesian_prod(vocab, vocab)  # (v v) k: earlier, later token
             # level 0 on every token pair, by its own convolution: row earlier * v + later
-            self.pair_table = tanh(self.levels[0](rearrange(self.embedding(pairs), "p k c -> p c k")))[..., 0]
+            self.pair_table = tanh(pair_table(self.levels[0], self.embedding, self.config.vocab_size))  # (v v) h
 
     @property
     def dilations(self):
@@ -63,8 +61,7 @@ class FoldedConvWaveNet(nn.Module):
         -1), which is never computed."""
         row, valid = ItemRow.of(idx, targets)
         tokens = idx.reshape(-1) if valid is None else idx[valid]  # n
-        earlier = torch.roll(tokens, 1).index_copy_(0, row.starts, tokens[row.starts])  # n: an item's first reads itself, its '.'
-        x = rearrange(self.pair_table[earlier * self.config.vocab_size + tokens], "n h -> 1 h n")
+        x = self.pair_table.T.index_select(1, pair_index(tokens, row, self.config.vocab_size))[None]  # 1 h n
         for conv in self.levels[1:]:
             x = tanh(causal_conv(conv, x, row, x[0].index_select(1, row.starts)))  # 1 h n
         return row.unpack(self.head(rearrange(x, "1 h n -> n h")), valid, idx.shape)  # b t v
