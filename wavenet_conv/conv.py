@@ -48,10 +48,12 @@ def causal_pad(x, dilation):
 
 class ItemRow:
     """Items of lengths `lengths` (b) back to back in one row of n positions: where each item starts and where
-    each position sits. Every form that packs (training, evaluation, the folded form) reads its layout here."""
+    each position sits. Every form that packs (training, evaluation, the folded form) reads its layout here.
+    `valid` (b t) marks the positions of the padded batch the row holds (None: all of them)."""
 
-    def __init__(self, lengths):
+    def __init__(self, lengths, valid=None):
         self.lengths = lengths  # b
+        self.valid = valid  # b t, or None
         self.starts = torch.cumsum(lengths, 0) - lengths  # b: each item's first position in the row
         self.item = torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)  # n
         self.offset = torch.arange(len(self.item), device=lengths.device) - self.starts[self.item]  # n
@@ -59,15 +61,26 @@ class ItemRow:
 
     @classmethod
     def of(cls, idx, targets=None):
-        """The row of a (b t) batch: its valid positions (target not -1), or every position without targets.
-        Returns (the row, the valid mask b t or None)."""
+        """The row of a (b t) batch: its valid positions (target not -1), or every position without targets."""
         if targets is None:
-            return cls(torch.full((idx.shape[0],), idx.shape[1], device=idx.device)), None
+            return cls(torch.full((idx.shape[0],), idx.shape[1], device=idx.device))
         valid = targets != IGNORE_INDEX  # b t
         lengths = valid.sum(1)  # b: items + 1, the end marker
         if not torch.equal(valid, torch.arange(idx.shape[1], device=idx.device) < lengths[:, None]):
             raise ValueError("targets must be -1 only on right padding, after each item's end marker")
-        return cls(lengths), valid
+        return cls(lengths, valid)
+
+    def pack(self, batch):
+        """b t -> n: the row's positions of a padded batch (its tokens or its targets), items back to back."""
+        return batch.reshape(-1) if self.valid is None else batch[self.valid]
+
+    def unpack(self, packed):
+        """n v -> b t v: the row's outputs in the batch's layout, 0 on right padding."""
+        if self.valid is None:
+            return rearrange(packed, "(b t) v -> b t v", b=len(self.lengths))
+        out = packed.new_zeros(*self.valid.shape, packed.shape[-1])
+        out[self.valid] = packed
+        return out
 
     def crossing(self, dilation):
         """The positions whose earlier tap at this dilation reads the item before (m); the first item's read
@@ -75,13 +88,9 @@ class ItemRow:
         position = torch.arange(len(self.offset), device=self.offset.device)
         return torch.nonzero((self.offset < dilation) & (position >= dilation)).squeeze(1)
 
-    def unpack(self, packed, valid, shape):
-        """n v -> b t v: the packed row's outputs in the batch's layout, 0 on right padding."""
-        if valid is None:
-            return rearrange(packed, "(b t) v -> b t v", b=shape[0])
-        out = packed.new_zeros(*shape, packed.shape[-1])
-        out[valid] = packed
-        return out
+    def first_nodes(self, x):
+        """1 c n -> c b: each item's node at its first position, over its leading '.': the all-dot node."""
+        return x[0].index_select(1, self.starts)
 
 
 def pair_table(conv, embedding, vocab_size):
@@ -148,9 +157,9 @@ class ConvLevel(nn.Module):
         return tanh(self.batch_norm(h))  # 1 h n
 
     def left_context(self, x, row):
-        """What each item sees before it: its own first node (the node over its leading '.', the all-dot
-        node), c b. (Zeros, what `Conv1d(padding=...)` reads, are the classic bug.)"""
-        return x[0].index_select(1, row.starts)
+        """What each item sees before it, c b: its all-dot node. (Zeros, what `Conv1d(padding=...)` reads, are
+        the classic bug.)"""
+        return row.first_nodes(x)
 
     def batch_norm(self, h):
         """1 h n -> 1 h n: the running statistics in eval mode; in training the batch's, over every position of
@@ -193,18 +202,19 @@ class ConvWaveNet(nn.Module):
         idx[:, t - block_size + 1 .. t], with the item's first node standing for the dots before it. The
         batch's valid positions (all of them without targets) run packed in one row, through every level.
         """
-        row, valid = ItemRow.of(idx, targets)
-        tokens = idx.reshape(-1) if valid is None else idx[valid]  # n: items back to back, each from its '.'
+        row = ItemRow.of(idx, targets)
+        tokens = row.pack(idx)  # n: items back to back, each from its '.'
         first, *above = self.levels
         table = pair_table(first.conv, self.embedding, self.config.vocab_size)  # (v v) h
-        x = first.activate(table.T.index_select(1, pair_index(tokens, row, self.config.vocab_size))[None])  # 1 h n
+        pairs = pair_index(tokens, row, self.config.vocab_size)  # n
+        x = first.activate(table.T.index_select(1, pairs)[None])  # 1 h n
         for level in above:
             x = level(x, row)  # 1 c n -> 1 h n
         packed_logits = self.head(rearrange(x, "1 h n -> n h"))  # n v
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(packed_logits, targets[valid])
-        return row.unpack(packed_logits, valid, idx.shape), loss
+            loss = F.cross_entropy(packed_logits, row.pack(targets))
+        return row.unpack(packed_logits), loss
 
     @classmethod
     def from_tree(cls, tree):

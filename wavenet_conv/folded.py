@@ -2,13 +2,11 @@
 
 torch's `fuse_conv_bn_weights` turns each level's Conv1d + BatchNorm1d into one Conv1d with a bias:
 BN(W x) = (s W) x + (beta - s mean), s = gamma / sqrt(var + eps). Evaluation, sampling (cache.py) and the
-benchmark all use this form. Two exact shortcuts make it cheaper than the conv it copies:
-- level 0 sees a pair of tokens only, so its output for every one of the v * v pairs is a table, computed once;
-- like ConvWaveNet it runs the batch packed in one row (`causal_conv`), where a level whose dilation reaches
-  past the end of every item reads only the all-dot node with its earlier tap: a 1x1 convolution plus a term
-  per item, half the work.
+benchmark all use this form. It runs the same packed row through the same `causal_conv` as ConvWaveNet; level
+0's token-pair table is built once, with batch norm and tanh folded in.
 
-Shape legend: b batch, t time, n positions of the packed row, c channels, h hidden, k taps (0: earlier, 1: later), v vocab.
+Shape legend: b batch, t time, n positions of the packed row, c channels, h hidden, k taps (0: earlier,
+1: later), v vocab.
 """
 import copy
 
@@ -32,7 +30,7 @@ class FoldedConvWaveNet(nn.Module):
             self.embedding = copy.deepcopy(conv.embedding).requires_grad_(False)
             self.levels = nn.ModuleList(folded_conv(level) for level in conv.levels)
             self.head = copy.deepcopy(conv.head).requires_grad_(False)
-            # level 0 on every token pair, by its own convolution: row earlier * v + later
+            # level 0 on every token pair, batch norm folded, then tanh: row earlier * v + later
             self.pair_table = tanh(pair_table(self.levels[0], self.embedding, self.config.vocab_size))  # (v v) h
 
     @property
@@ -59,12 +57,12 @@ class FoldedConvWaveNet(nn.Module):
     def forward(self, idx, targets=None):
         """idx (b t), items starting with '.' as for ConvWaveNet -> logits (b t v), 0 on right padding (targets
         -1), which is never computed."""
-        row, valid = ItemRow.of(idx, targets)
-        tokens = idx.reshape(-1) if valid is None else idx[valid]  # n
-        x = self.pair_table.T.index_select(1, pair_index(tokens, row, self.config.vocab_size))[None]  # 1 h n
+        row = ItemRow.of(idx, targets)
+        pairs = pair_index(row.pack(idx), row, self.config.vocab_size)  # n
+        x = self.pair_table.T.index_select(1, pairs)[None]  # 1 h n
         for conv in self.levels[1:]:
-            x = tanh(causal_conv(conv, x, row, x[0].index_select(1, row.starts)))  # 1 h n
-        return row.unpack(self.head(rearrange(x, "1 h n -> n h")), valid, idx.shape)  # b t v
+            x = tanh(causal_conv(conv, x, row, row.first_nodes(x)))  # 1 h n
+        return row.unpack(self.head(rearrange(x, "1 h n -> n h")))  # b t v
 
 
 def folded_conv(level):
