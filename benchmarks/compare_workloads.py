@@ -14,7 +14,7 @@ Forms (all hold the same weights, checked by compare.py before timing):
   token-pair table with batch norm and tanh built once) over the same batches, packed the same way.
 
 Multiply-adds (MACs) are counted from the shapes each form really computes (each item's all-dot position and
-the start corrections included), matmuls and convolutions only: batch norm, tanh and the loss are elementwise.
+the item-start replacements included), matmuls and convolutions only: batch norm, tanh and the loss are elementwise.
 Shape legend: n examples, b batch, t time.
 """
 import copy

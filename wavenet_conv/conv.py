@@ -112,6 +112,11 @@ def pair_index(tokens, row, vocab_size):
     return earlier * vocab_size + tokens
 
 
+def look_up_pairs(table, tokens, row, vocab_size):
+    """Level 0 at every position of the row: the row of the pair table, (v v) h, for its token pair: n -> 1 h n."""
+    return table.T.index_select(1, pair_index(tokens, row, vocab_size))[None]
+
+
 def causal_conv(conv, x, row, left):
     """A kernel-2 Conv1d over the items packed in x (1 c n), each item exactly as if alone with its left
     context `left` (c b, one node per item: its all-dot node) in every tap before it: 1 c n -> 1 h n.
@@ -206,8 +211,7 @@ class ConvWaveNet(nn.Module):
         tokens = row.pack(idx)  # n: items back to back, each from its '.'
         first, *above = self.levels
         table = pair_table(first.conv, self.embedding, self.config.vocab_size)  # (v v) h
-        pairs = pair_index(tokens, row, self.config.vocab_size)  # n
-        x = first.activate(table.T.index_select(1, pairs)[None])  # 1 h n
+        x = first.activate(look_up_pairs(table, tokens, row, self.config.vocab_size))  # 1 h n
         for level in above:
             x = level(x, row)  # 1 c n -> 1 h n
         packed_logits = self.head(rearrange(x, "1 h n -> n h"))  # n v
