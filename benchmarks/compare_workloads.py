@@ -57,20 +57,21 @@ def tree_macs_per_window(config):
     return macs + config.n_hidden * config.vocab_size
 
 
-def packed_macs(config, targets, form):
+def packed_macs(config, targets, form, mode="eval"):
     """ConvWaveNet or FoldedConvWaveNet on a padded batch: its valid positions packed in one row. Level 0 is a
     table of every token pair (the conv computes it each call, the folded form once when it is built). At each
-    level above: the earlier tap on each item's all-dot node, then the Conv1d over the row and the later tap
-    again at the items' first positions, or, where the dilation reaches past every item, the later tap alone.
-    Then the head. Forward only."""
+    level above: the earlier tap on the all-dot node (one vector), then the Conv1d over the row and the later
+    tap again at the items' first positions, or, where the dilation reaches past every item, the later tap
+    alone. Then the head. Training triples the matmuls (the input's and the weight's gradient) but only
+    doubles the all-dot node's matrix-vector product (its weight gradient is an outer product, no matmul)."""
     row = ItemRow((targets != IGNORE_INDEX).sum(1))
     n, h, v = len(row.offset), config.n_hidden, config.vocab_size
     macs = n * h * v + (v * v * 2 * config.n_embd * h if form == "conv" else 0)
     for level in range(1, config.n_levels):
         d = 2**level
-        columns = n if row.longest <= d else 2 * n + len(row.crossing(d))
-        macs += (columns + len(row.lengths)) * h * h
-    return macs
+        macs += (n if row.longest <= d else 2 * n + len(row.crossing(d))) * h * h
+    all_dot_macs = (config.n_levels - 1) * h * h
+    return 3 * macs + 2 * all_dot_macs if mode == "train" else macs + all_dot_macs
 
 
 def nominal_macs_per_prediction(config, form):
@@ -105,8 +106,7 @@ def item_chunks(items, batch_size, device, generator):
 
 
 def chunk_macs(form, mode, config, chunks):
-    per_batch = 3 if mode == "train" else 1  # the backward: the input's and the weight's gradient
-    return per_batch * sum(packed_macs(config, y.cpu(), form) for _, y in chunks)
+    return sum(packed_macs(config, y.cpu(), form, mode) for _, y in chunks)
 
 
 # ---- the timed callables -----------------------------------------------------------------------------

@@ -213,10 +213,12 @@ def assert_causal_with_exactly_the_window(conv, seed=7):
     block_size = conv.config.block_size
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, len(VOCAB), (3, 3 * block_size), generator=g)  # b t
+    idx[:, 0] = 0  # items start with '.'
     logits = conv(idx)[0].detach()
 
     def changed(positions):
-        """idx with new tokens (each differing from the old one) at the given positions."""
+        """idx with new tokens (each differing from the old one) at the given positions, never the leading '.'."""
+        positions = [p for p in positions if p > 0]
         other = idx.clone()
         other[:, positions] = (idx[:, positions] + 1 + torch.randint(0, len(VOCAB) - 1, (3, len(positions)),
                                                                      generator=g)) % len(VOCAB)
@@ -234,18 +236,20 @@ def assert_causal_with_exactly_the_window(conv, seed=7):
 
 
 @pytest.mark.parametrize("block_size", [2, 4, 8])
-def test_receptive_field_is_exactly_the_window(make_random_tree, block_size):
+def test_receptive_field_is_exactly_the_window(make_random_tree, block_size, monkeypatch):
     """Autograd: logits[:, t] depend on level 0's nodes (one per position p, over the tokens p - 1 and p) exactly
     at the window's pairs, t, t - 2, .., t - block_size + 2; a pair before the item is its first node, over '.'.
 
-    Level 0 is a table of token pairs, so the probe is added to its output at each position of each item."""
+    Level 0 is a table of token pairs, so the probe is added to its nodes as they are looked up, at each
+    position of each item."""
     conv = ConvWaveNet.from_tree(make_random_tree(small_config(block_size), seed=9))
     idx = torch.randint(0, len(VOCAB), (2, 2 * block_size + 1), generator=torch.Generator().manual_seed(9))
     idx[:, 0] = 0  # items start with '.'
     probe = torch.zeros(2, idx.shape[1], conv.config.n_hidden, dtype=torch.float64, requires_grad=True)
-    first = conv.levels[0]
+    look_up = conv_module.look_up_pairs
     # the conv runs the batch packed in one row of positions: 1 h (b t)
-    first.activate = lambda h, activate=first.activate: activate(h + rearrange(probe, "b t h -> 1 h (b t)"))
+    monkeypatch.setattr(conv_module, "look_up_pairs",
+                        lambda *args: look_up(*args) + rearrange(probe, "b t h -> 1 h (b t)"))
     logits = conv(idx)[0]  # b t v
     for t in range(idx.shape[1]):
         (grad,) = torch.autograd.grad(logits[:, t].sum(), probe, retain_graph=True)
@@ -332,7 +336,7 @@ def test_a_level_whose_dilation_passes_every_item_reads_only_the_all_dot_node(ma
 # ---- negative controls: the same check must fail on the classic bugs ----
 
 def zeros_before_items(x, row):
-    return x.new_zeros(x.shape[1], len(row.starts))  # c b
+    return x.new_zeros(x.shape[1])  # c
 
 
 def unfixed_first_pairs(conv, monkeypatch):
@@ -456,6 +460,18 @@ def test_packed_training_wants_right_padding_only(make_random_tree):
         conv(x, y)
 
 
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_items_must_start_with_the_dot(make_random_tree, training):
+    """Every item's position 0 is its all-dot node, which the row shares: an item without its '.' is refused."""
+    conv = ConvWaveNet.from_tree(make_random_tree(small_config(4), seed=47)).train(training)
+    x, y = pad_items(encode_items(["abc", "de"], VOCAB))
+    x[1, 0] = VOCAB.stoi["d"]
+    with pytest.raises(ValueError, match="start with '.'"):
+        conv(x, y)
+    with pytest.raises(ValueError, match="start with '.'"):
+        conv(x)
+
+
 def test_training_on_a_single_prediction_says_why_it_cannot(make_random_tree):
     """One valid position has no unbiased variance: a clear error, not NaN weights after the step."""
     conv = ConvWaveNet.from_tree(make_random_tree(small_config(4), seed=48)).train()
@@ -521,5 +537,6 @@ def test_folded_equals_eval_conv(make_random_tree, torch_device, block_size):
     assert_close(folded(x), expected, atol=1e-10, rtol=1e-10)
     # and on a batch that is all context: longer than any window
     long = torch.randint(0, len(VOCAB), (2, 3 * block_size), generator=torch.Generator().manual_seed(19))
+    long[:, 0] = 0  # items start with '.'
     with torch.no_grad():
         assert_close(folded(long.to(torch_device)), conv(long.to(torch_device))[0], atol=1e-10, rtol=1e-10)

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from wavenet_conv.activations import tanh
-from wavenet_conv.conv import ItemRow, causal_conv, look_up_pairs, pair_table
+from wavenet_conv.conv import ItemRow, all_dot_node, causal_conv, look_up_pairs, pair_table
 
 
 class FoldedConvWaveNet(nn.Module):
@@ -60,7 +60,7 @@ class FoldedConvWaveNet(nn.Module):
         row = ItemRow.of(idx, targets)
         x = look_up_pairs(self.pair_table, row.pack(idx), row, self.config.vocab_size)  # 1 h n
         for conv in self.levels[1:]:
-            x = tanh(causal_conv(conv, x, row, row.first_nodes(x)))  # 1 h n
+            x = tanh(causal_conv(conv, x, row, all_dot_node(x)))  # 1 h n
         return row.unpack(self.head(rearrange(x, "1 h n -> n h")))  # b t v
 
 
