@@ -10,8 +10,8 @@ Forms (all hold the same weights, checked by compare.py before timing):
 - conv: ConvWaveNet, level 0 a table of token pairs and its nn.Conv1d levels above, over length-bucketed
   batches of whole items (padded on the right; the model packs each batch's valid positions into one row, in
   eval and training alike): the model that trains;
-- conv_folded: FoldedConvWaveNet, the inference form (batch norm folded into the convolutions, level 0's
-  token-pair table with batch norm and tanh built once) over the same batches, packed the same way.
+- conv_folded: FoldedConvWaveNet, the inference form (batch norm folded into the convolutions, levels 0 and 1
+  tables of token pairs built once) over the same batches, packed the same way.
 
 Multiply-adds (MACs) are counted from the shapes each form really computes (each item's all-dot position and
 the item-start replacements included), matmuls and convolutions only: batch norm, tanh and the loss are elementwise.
@@ -59,19 +59,24 @@ def tree_macs_per_window(config):
 
 def packed_macs(config, targets, form, mode="eval"):
     """ConvWaveNet or FoldedConvWaveNet on a padded batch: its valid positions packed in one row. Level 0 is a
-    table of every token pair (the conv computes it each call, the folded form once when it is built). At each
-    level above: the earlier tap on the all-dot node (one vector), then the Conv1d over the row and the later
-    tap again at the items' first positions, or, where the dilation reaches past every item, the later tap
-    alone. Then the head. Training triples the matmuls (the input's and the weight's gradient) but only
-    doubles the all-dot node's matrix-vector product (its weight gradient is an outer product, no matmul)."""
+    table of every token pair (the conv computes it each call, the folded form once when it is built), and in
+    the folded form so is level 1 (two row gathers a position). At each level above: the earlier tap on the
+    all-dot node (one vector), then the Conv1d over the row and the later tap again at the items' first
+    positions, or, where the dilation reaches past every item, the later tap alone. Then the head. Training triples the matmuls (the input's and the weight's gradient) but only
+    doubles the all-dot node's matrix-vector product (its weight gradient is an outer product, no matmul). In
+    training, level 0's batch statistics are counted over the table: two (v v) h matrix-vector products forward
+    (the mean and the variance) and two outer products of that size backward."""
     row = ItemRow((targets != IGNORE_INDEX).sum(1))
     n, h, v = len(row.offset), config.n_hidden, config.vocab_size
     macs = n * h * v + (v * v * 2 * config.n_embd * h if form == "conv" else 0)
-    for level in range(1, config.n_levels):
+    first_conv = 2 if form == "conv_folded" else 1
+    for level in range(first_conv, config.n_levels):
         d = 2**level
         macs += (n if row.longest <= d else 2 * n + len(row.crossing(d))) * h * h
-    all_dot_macs = (config.n_levels - 1) * h * h
-    return 3 * macs + 2 * all_dot_macs if mode == "train" else macs + all_dot_macs
+    all_dot_macs = max(0, config.n_levels - first_conv) * h * h
+    if mode == "train":
+        return 3 * macs + 2 * all_dot_macs + 4 * v * v * h
+    return macs + all_dot_macs
 
 
 def nominal_macs_per_prediction(config, form):
@@ -79,6 +84,8 @@ def nominal_macs_per_prediction(config, form):
     if form in ("loop", "tree"):
         return tree_macs_per_window(config)
     h = config.n_hidden
+    if form == "conv_folded":  # levels 0 and 1 are tables
+        return max(0, config.n_levels - 2) * 2 * h * h + h * config.vocab_size
     return 2 * config.n_embd * h + (config.n_levels - 1) * 2 * h * h + h * config.vocab_size
 
 

@@ -1,11 +1,24 @@
-"""The cheaper tanh the levels use is torch.tanh, forward and backward, to rounding."""
+"""The tanh the levels use is torch.tanh, forward and backward, to rounding, whichever form this CPU runs faster."""
+import pytest
 import torch
 from torch.testing import assert_close
 
+from wavenet_conv import activations
 from wavenet_conv.activations import SigmoidTanh, tanh, tanh_
 
 
-def test_sigmoid_tanh_equals_tanh_and_its_gradient(torch_device):
+@pytest.fixture(params=[True, False], ids=["sigmoid-form", "torch-tanh"])
+def either_form(request, monkeypatch):
+    """Both of the forms the measured choice can pick, whichever this machine picks."""
+    monkeypatch.setattr(activations, "sigmoid_form_is_faster", lambda: request.param)
+    return request.param
+
+
+def test_the_choice_is_a_measured_bool():
+    assert activations.sigmoid_form_is_faster() in (True, False)
+
+
+def test_sigmoid_tanh_equals_tanh_and_its_gradient(torch_device, either_form):
     g = torch.Generator().manual_seed(0)
     x = (4 * torch.randn(3, 5, 7, generator=g, dtype=torch.float64)).to(torch_device).requires_grad_()
     grad = torch.randn(3, 5, 7, generator=g, dtype=torch.float64).to(torch_device)

@@ -7,9 +7,9 @@ an all-'.' window: the buffers start from that, not from zeros (zeros are the cl
 
 The two lowest levels see only a handful of tokens, so they are tables rather than matmuls:
 - level 0's output depends on a token pair: FoldedConvWaveNet's table of v * v rows; its buffer is the previous token;
-- level 1 adds a linear map of two level-0 outputs, each one of those v * v rows: both halves of its weight
-  are applied to the table once, and its buffer holds two pair indices. A step then costs two row gathers
-  and a tanh there, where a matmul over 2 * h inputs would be the most expensive part of a small model.
+- level 1 adds a linear map of two level-0 outputs, each one of those v * v rows: FoldedConvWaveNet's two
+  tap tables, and its buffer holds two pair indices. A step then costs two row gathers and a tanh there,
+  where a matmul over 2 * h inputs would be the most expensive part of a small model.
 Levels 2 .. n_levels - 1 keep activations, block_size - 4 slots in all, each slot the tensor a step computed,
 kept by reference with the rows (names) it was computed for. Until time 2**i level i's earlier input is the
 all-'.' node, a constant term in its bias, so a level whose dilation exceeds a name's length does half the
@@ -46,9 +46,6 @@ class IncrementalWaveNet:
             if len(folded.dilations) < 2:
                 return
             hidden = self.pairs.shape[1]
-            weight = folded.weights[1]  # h (k h)
-            self.level1_earlier = self.pairs @ weight[:, :hidden].T  # (v v) h: tap 0's part of every pre-activation
-            self.level1_later = torch.addmm(folded.biases[1], self.pairs, weight[:, hidden:].T)  # (v v) h
             self.pair_buffer = torch.zeros(2, batch_size, dtype=torch.long, device=device)  # s b: pair ('.', '.')
             boundary = self.level1(self.pair_buffer[0, :1], self.pair_buffer[0, :1])[0]  # h: level 1 over '.'s
             for i, d in enumerate(folded.dilations[2:], start=2):
@@ -63,8 +60,8 @@ class IncrementalWaveNet:
 
     def level1(self, earlier_pairs, later_pairs):
         """Level 1's nodes from the pair indices of their two level-0 children (b, b -> b h)."""
-        x = torch.index_select(self.level1_earlier, 0, earlier_pairs)
-        return tanh_(x.add_(torch.index_select(self.level1_later, 0, later_pairs)))
+        x = torch.index_select(self.folded.level1_earlier, 0, earlier_pairs)
+        return tanh_(x.add_(torch.index_select(self.folded.level1_later, 0, later_pairs)))
 
     @torch.no_grad()
     def step(self, tokens, rows=None):

@@ -25,10 +25,11 @@ In eval mode the running statistics apply, and the conv equals the tree exactly.
 
 Level 0 sees only a pair of tokens, so its convolution is computed once for each of the v * v token pairs and
 looked up at every position (`pair_table`, an embedding of pairs): exact, and the cheapest form of the level.
-In eval mode its batch norm and tanh act on the v * v table too, before the lookup (they act node by node).
-A/B on 2 CPU threads against the Conv1d over the row, 16 alternating rounds of 10 steps of 256 names at
-block 8: 1.14x faster a step (range 1.00-1.39), at block 32 no difference (0.99). The levels above are the
-Conv1d modules themselves.
+Its batch norm and tanh act on the v * v table too, before the lookup: in eval mode they act node by node; in
+training the statistics count each pair once per position that holds it (`ConvLevel.activate_pairs`), the
+same numbers as over the positions. A/B on 2 CPU threads against the Conv1d over the row, 16 alternating
+rounds of 10 steps of 256 names at block 8: 1.14x faster a step (range 1.00-1.39), at block 32 no difference
+(0.99), before batch norm moved onto the table. The levels above are the Conv1d modules themselves.
 
 Shape legend: b batch, t time, n positions of the packed row, m positions of it that read across an item's
 start, c channels, h hidden channels, k taps (0: earlier, 1: later), v vocab.
@@ -118,9 +119,10 @@ def pair_index(tokens, row, vocab_size):
     return earlier * vocab_size + tokens
 
 
-def look_up_pairs(table, tokens, row, vocab_size):
-    """Level 0 at every position of the row: the row of the pair table, (v v) h, for its token pair: n -> 1 h n."""
-    return table.T.index_select(1, pair_index(tokens, row, vocab_size))[None]
+def look_up_pairs(table, pairs):
+    """Level 0 at every position of the row: the row of the pair table, (v v) h, of each position's pair (n)
+    -> 1 h n."""
+    return table.T.index_select(1, pairs)[None]
 
 
 def causal_conv(conv, x, row, left):
@@ -166,6 +168,14 @@ class ConvLevel(nn.Module):
     def activate(self, h):
         return tanh(self.batch_norm(h))  # 1 h n
 
+    def activate_pairs(self, table, pairs):
+        """Batch norm and tanh on level 0's table, (v v) h -> (v v) h, as on the positions whose pairs are `pairs`
+        (n): in eval mode node by node; in training each row's statistics weigh as many positions as hold it."""
+        if not self.training:
+            return rearrange(self.activate(rearrange(table, "p h -> 1 h p")), "1 h p -> p h")
+        counts = torch.bincount(pairs, minlength=len(table)).to(table.dtype)  # (v v)
+        return tanh(self.counted_batch_norm(table, counts))
+
     def left_context(self, x, row):
         """What each item sees before it, c: the all-dot node. (Zeros, what `Conv1d(padding=...)` reads, are the
         classic bug.)"""
@@ -192,6 +202,21 @@ class ConvLevel(nn.Module):
         return F.batch_norm(h, bn.running_mean, bn.running_var, bn.weight * shrink**0.5, bn.bias, training=True,
                             momentum=bn.momentum, eps=bn.eps * shrink)
 
+    def counted_batch_norm(self, table, counts):
+        """Training-mode batch norm over positions that hold `counts` (p) copies of the rows of `table` (p h):
+        the statistics of those positions (the unbiased variance, as the lecture's), from p rows: p h -> p h."""
+        bn, n = self.bn, counts.sum()
+        if n < 2:
+            raise ValueError(f"batch norm in training needs at least 2 positions; this batch has {int(n)}")
+        mean = counts @ table / n  # h
+        centered = table - mean  # p h
+        var = counts @ centered.square() / (n - 1)  # h
+        with torch.no_grad():
+            bn.running_mean.lerp_(mean, bn.momentum)
+            bn.running_var.lerp_(var, bn.momentum)
+            bn.num_batches_tracked += 1
+        return centered * torch.rsqrt(var + bn.eps) * bn.weight + bn.bias  # p h
+
 
 class ConvWaveNet(nn.Module):
     def __init__(self, config):
@@ -213,13 +238,10 @@ class ConvWaveNet(nn.Module):
         """
         row = ItemRow.of(idx, targets)
         tokens = row.pack(idx)  # n: items back to back, each from its '.'
+        pairs = pair_index(tokens, row, self.config.vocab_size)  # n: each position's token pair
         first, *above = self.levels
         table = pair_table(first.conv, self.embedding, self.config.vocab_size)  # (v v) h
-        if self.training:  # batch statistics count positions, not pairs
-            x = first.activate(look_up_pairs(table, tokens, row, self.config.vocab_size))  # 1 h n
-        else:  # eval-mode batch norm and tanh act node by node: on the v * v pairs, before the lookup
-            nodes = rearrange(first.activate(rearrange(table, "p h -> 1 h p")), "1 h p -> p h")  # (v v) h
-            x = look_up_pairs(nodes, tokens, row, self.config.vocab_size)  # 1 h n
+        x = look_up_pairs(first.activate_pairs(table, pairs), pairs)  # 1 h n: level 0's node at every position
         for level in above:
             x = level(x, row)  # 1 c n -> 1 h n
         packed_logits = self.head(rearrange(x, "1 h n -> n h"))  # n v

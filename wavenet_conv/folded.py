@@ -2,8 +2,13 @@
 
 torch's `fuse_conv_bn_weights` turns each level's Conv1d + BatchNorm1d into one Conv1d with a bias:
 BN(W x) = (s W) x + (beta - s mean), s = gamma / sqrt(var + eps). Evaluation, sampling (cache.py) and the
-benchmark all use this form. It runs the same packed row through the same `causal_conv` as ConvWaveNet; level
-0's token-pair table is built once, with batch norm and tanh folded in.
+benchmark all use this form. It runs the same packed row through the same `causal_conv` as ConvWaveNet.
+
+Its two lowest levels are tables, built once: level 0's node depends on a token pair only, so it is a table of
+the v * v pairs (batch norm and tanh included); level 1's pre-activation is its earlier tap on one level-0 node
+plus its later tap on another, each a row of that table, so each tap is applied to the table once
+(`level1_earlier`, `level1_later`) and level 1 costs two row gathers and a tanh at every position, no matmul.
+The levels above are their folded Conv1d modules.
 
 Shape legend: b batch, t time, n positions of the packed row, c channels, h hidden, k taps (0: earlier,
 1: later), v vocab.
@@ -16,8 +21,8 @@ from einops import rearrange
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-from wavenet_conv.activations import tanh
-from wavenet_conv.conv import ItemRow, all_dot_node, causal_conv, look_up_pairs, pair_table
+from wavenet_conv.activations import tanh, tanh_
+from wavenet_conv.conv import ItemRow, all_dot_node, causal_conv, look_up_pairs, pair_index, pair_table
 
 
 class FoldedConvWaveNet(nn.Module):
@@ -32,6 +37,10 @@ class FoldedConvWaveNet(nn.Module):
             self.head = copy.deepcopy(conv.head).requires_grad_(False)
             # level 0 on every token pair, batch norm folded, then tanh: row earlier * v + later
             self.pair_table = tanh(pair_table(self.levels[0], self.embedding, self.config.vocab_size))  # (v v) h
+            if len(self.levels) > 1:  # each of level 1's taps on every level-0 node; the bias with the later one
+                earlier_tap, later_tap = self.levels[1].weight.unbind(2)  # h h, h h
+                self.level1_earlier = self.pair_table @ earlier_tap.T  # (v v) h
+                self.level1_later = torch.addmm(self.levels[1].bias, self.pair_table, later_tap.T)  # (v v) h
 
     @property
     def dilations(self):
@@ -58,9 +67,16 @@ class FoldedConvWaveNet(nn.Module):
         """idx (b t), items starting with '.' as for ConvWaveNet -> logits (b t v), 0 on right padding (targets
         -1), which is never computed."""
         row = ItemRow.of(idx, targets)
-        x = look_up_pairs(self.pair_table, row.pack(idx), row, self.config.vocab_size)  # 1 h n
-        for conv in self.levels[1:]:
-            x = tanh(causal_conv(conv, x, row, all_dot_node(x)))  # 1 h n
+        pairs = pair_index(row.pack(idx), row, self.config.vocab_size)  # n: each position's level-0 pair
+        if len(self.levels) == 1:
+            x = look_up_pairs(self.pair_table, pairs)  # 1 h n
+        else:
+            # level 1's earlier child ends 2 back; before the item it is the all-dot node, pair ('.', '.') = row 0
+            earlier_pairs = torch.where(row.offset >= 2, torch.roll(pairs, 2), 0)  # n
+            x = look_up_pairs(self.level1_earlier, earlier_pairs)  # 1 h n
+            x = tanh_(x.add_(look_up_pairs(self.level1_later, pairs)))  # 1 h n
+        for conv in self.levels[2:]:
+            x = tanh_(causal_conv(conv, x, row, all_dot_node(x)))  # 1 h n
         return row.unpack(self.head(rearrange(x, "1 h n -> n h")))  # b t v
 
 
