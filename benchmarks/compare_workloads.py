@@ -62,7 +62,9 @@ def packed_macs(config, targets, form, mode="eval"):
     table of every token pair (the conv computes it each call, the folded form once when it is built), and in
     the folded form so is level 1 (two row gathers a position). At each level above: the earlier tap on the
     all-dot node (one vector), then the Conv1d over the row and the later tap again at the items' first
-    positions, or, where the dilation reaches past every item, the later tap alone. Then the head. Training triples the matmuls (the input's and the weight's gradient) but only
+    positions; where few items are longer than the dilation, the Conv1d over those items' sub-row and the
+    later tap at every offset below the dilation; where the dilation reaches past every item, the later tap
+    alone. Then the head. Training triples the matmuls (the input's and the weight's gradient) but only
     doubles the all-dot node's matrix-vector product (its weight gradient is an outer product, no matmul). In
     training, level 0's batch statistics are counted over the table: two (v v) h matrix-vector products forward
     (the mean and the variance) and two outer products of that size backward."""
@@ -72,7 +74,13 @@ def packed_macs(config, targets, form, mode="eval"):
     first_conv = 2 if form == "conv_folded" else 1
     for level in range(first_conv, config.n_levels):
         d = 2**level
-        macs += (n if row.longest <= d else 2 * n + len(row.crossing(d))) * h * h
+        if row.longest <= d:  # the later tap alone
+            macs += n * h * h
+        elif row.few_longer_than(d):  # the later tap at offsets < d, the Conv1d over the longer items' sub-row
+            n_long = int(row.lengths[row.lengths > d].sum())
+            macs += (int((row.offset < d).sum()) + 2 * (n_long - d)) * h * h
+        else:  # the Conv1d over the row, the later tap again at the item starts
+            macs += (2 * n + len(row.crossing(d))) * h * h
     all_dot_macs = max(0, config.n_levels - first_conv) * h * h
     if mode == "train":
         return 3 * macs + 2 * all_dot_macs + 4 * v * v * h

@@ -40,6 +40,20 @@ def random_words(block_size, seed=0):
             for n in lengths]
 
 
+def names_like_words(block_size, seed=0):
+    """Like names at a long block: mostly short items (0-4 characters), two longer than half the block. At
+    the upper dilations most positions then lie in items no longer than the dilation, so the module runs on
+    the sub-row of the longer items only (`long_items_conv`)."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(0, 5, (10,), generator=g).tolist() + [block_size + 1, block_size // 2 + 1]
+    lengths = [lengths[i] for i in torch.randperm(len(lengths), generator=g).tolist()]
+    return ["".join(ALPHABET[i] for i in torch.randint(0, len(ALPHABET), (n,), generator=g).tolist())
+            for n in lengths]
+
+
+WORDS = {"mixed": random_words, "names-like": names_like_words}
+
+
 def paired_logits(tree, conv, words, vocab=VOCAB):
     """(conv logits at every valid position of the padded batch, tree logits on each position's window, positions).
 
@@ -75,12 +89,14 @@ def assert_equivalent(tree, conv, words, vocab=VOCAB):
 
 # ---- logits: equal at every position after the copy, different before it ----
 
+@pytest.mark.parametrize("words_of", WORDS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
 @pytest.mark.parametrize("block_size", BLOCK_SIZES)
-def test_conv_logits_equal_tree_logits_at_every_position(make_random_tree, torch_device, block_size, dtype):
+def test_conv_logits_equal_tree_logits_at_every_position(make_random_tree, torch_device, block_size, dtype,
+                                                         words_of):
     config = small_config(block_size)
     tree = make_random_tree(config, seed=block_size, dtype=dtype, device=torch_device)
-    words = random_words(block_size, seed=block_size)
+    words = WORDS[words_of](block_size, seed=block_size)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         conv = ConvWaveNet(config).to(device=torch_device, dtype=dtype).eval()
@@ -186,12 +202,13 @@ def backward_summed_losses(tree, conv, words):
     tree_loss.backward()
 
 
-@pytest.mark.parametrize("block_size", [2, 8, 16])
-def test_gradients_equal_the_summed_tree_gradients(make_random_tree, torch_device, block_size):
+@pytest.mark.parametrize("block_size, words_of", [(2, "mixed"), (8, "mixed"), (16, "mixed"), (16, "names-like"),
+                                                  (32, "names-like")])
+def test_gradients_equal_the_summed_tree_gradients(make_random_tree, torch_device, block_size, words_of):
     """Eval mode: d(conv's summed loss over every position)/dW = sum over windows of d(tree loss)/dW, mapped."""
     tree = make_random_tree(small_config(block_size), seed=5, device=torch_device)
     conv = ConvWaveNet.from_tree(tree)
-    backward_summed_losses(tree, conv, random_words(block_size, seed=5))
+    backward_summed_losses(tree, conv, WORDS[words_of](block_size, seed=5))
 
     expected = tree_grads_in_conv_layout(tree)
     got = {name: p.grad for name, p in conv.named_parameters()}
@@ -313,6 +330,45 @@ def test_every_level_runs_its_conv1d_module(make_random_tree, training):
     assert all(level.conv.weight.grad.abs().sum() > 0 for level in conv.levels)  # gradients flow through conv1d
 
 
+def assert_node_by_node(conv, reference, x, y):
+    """conv's logits (in its mode) are the node-by-node ones of `reference` (its copy before the forward), and
+    every level got a gradient (each still learns, whichever path its convolution took)."""
+    if conv.training:
+        expected_logits, _, _ = reference_training_forward(reference, x, y)
+    else:
+        with torch.no_grad():
+            expected_logits = token_prefix_logits(reference, x)[y != IGNORE_INDEX]
+    with torch.no_grad():
+        logits = conv(x, y)[0][y != IGNORE_INDEX]
+    assert_close(logits, expected_logits, atol=1e-10, rtol=1e-10)
+    assert all(level.conv.weight.grad.abs().sum() > 0 for level in conv.levels)
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_a_level_with_few_long_items_convolves_only_those(make_random_tree, training):
+    """Names-like items at block 32: a level where under 3/4 of the positions lie in items longer than its
+    dilation runs its module on the sub-row of those items, unpadded (1, c, n_long) -> (1, h, n_long - d); the
+    others on the whole row. Every level runs its module once, and the result is the node-by-node one."""
+    conv = ConvWaveNet.from_tree(make_random_tree(small_config(32), seed=35)).train(training)
+    x, y = pad_items(encode_items(names_like_words(32, seed=35), VOCAB))
+    lengths = (y != IGNORE_INDEX).sum(1)  # b: positions of each item
+    n = int(lengths.sum())
+    reference = copy.deepcopy(conv)
+    calls = conv1d_calls(conv, x, y)
+    assert [m for m, _, _ in calls] == [level.conv for level in conv.levels[1:]]
+    sub_rows = 0
+    for (m, shape_in, shape_out), level in zip(calls, conv.levels[1:], strict=True):
+        d = level.dilation
+        n_long = int(lengths[lengths > d].sum())
+        if 4 * n_long < 3 * n:
+            sub_rows += 1
+            assert (tuple(shape_in), tuple(shape_out)) == ((1, m.in_channels, n_long), (1, m.out_channels, n_long - d))
+        else:
+            assert (tuple(shape_in), tuple(shape_out)) == ((1, m.in_channels, d + n), (1, m.out_channels, n))
+    assert sub_rows >= 2  # the words do reach the sub-row path, at more than one level
+    assert_node_by_node(conv, reference, x, y)
+
+
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
 def test_a_level_whose_dilation_passes_every_item_reads_only_the_all_dot_node(make_random_tree, training):
     """Items of at most 4 positions at block 32: levels with dilation >= 4 skip the module (every earlier tap
@@ -322,15 +378,7 @@ def test_a_level_whose_dilation_passes_every_item_reads_only_the_all_dot_node(ma
     reference = copy.deepcopy(conv)
     calls = conv1d_calls(conv, x, y)
     assert [m for m, _, _ in calls] == [level.conv for level in conv.levels[1:] if level.dilation < 4]
-    if training:
-        expected_logits, _, _ = reference_training_forward(reference, x, y)
-    else:
-        with torch.no_grad():
-            expected_logits = token_prefix_logits(reference, x)[y != IGNORE_INDEX]
-    with torch.no_grad():
-        logits = conv(x, y)[0][y != IGNORE_INDEX]
-    assert_close(logits, expected_logits, atol=1e-10, rtol=1e-10)
-    assert all(level.conv.weight.grad.abs().sum() > 0 for level in conv.levels)  # every level still learns
+    assert_node_by_node(conv, reference, x, y)
 
 
 # ---- negative controls: the same check must fail on the classic bugs ----
@@ -422,12 +470,13 @@ def reference_training_forward(conv, x, y):
     return logits, F.cross_entropy(logits, y[valid]), statistics
 
 
-@pytest.mark.parametrize("block_size", [2, 8, 32])
-def test_packed_training_equals_the_node_by_node_reference_with_gradients(make_random_tree, block_size):
-    """Training packs the batch into one row and corrects each item's first positions; the reference pads
+@pytest.mark.parametrize("block_size, words_of", [(2, "mixed"), (8, "mixed"), (32, "mixed"), (16, "names-like"),
+                                                  (32, "names-like")])
+def test_packed_training_equals_the_node_by_node_reference_with_gradients(make_random_tree, block_size, words_of):
+    """Training packs the batch into one row and replaces each item's first positions; the reference pads
     each item on its own. Same logits, loss and parameter gradients."""
     conv = ConvWaveNet.from_tree(make_random_tree(small_config(block_size), seed=41)).train()
-    x, y = pad_items(encode_items(random_words(block_size, seed=41), VOCAB))
+    x, y = pad_items(encode_items(WORDS[words_of](block_size, seed=41), VOCAB))
     reference = copy.deepcopy(conv)
     expected_logits, expected_loss, _ = reference_training_forward(reference, x, y)
     expected_loss.backward()

@@ -93,6 +93,16 @@ class ItemRow:
         position = torch.arange(len(self.offset), device=self.offset.device)
         return torch.nonzero((self.offset < dilation) & (position >= dilation)).squeeze(1)
 
+    def longer_than(self, dilation):
+        """Whether each position's item is longer than `dilation` (n): only such items have positions whose
+        earlier tap reads inside the item."""
+        return self.lengths[self.item] > dilation
+
+    def few_longer_than(self, dilation):
+        """Whether under 3/4 of the positions lie in items longer than `dilation`: then the convolution runs on
+        those items alone (`causal_conv`)."""
+        return 4 * int(self.lengths[self.lengths > dilation].sum()) < 3 * len(self.offset)
+
 
 
 def all_dot_node(x):
@@ -134,6 +144,8 @@ def causal_conv(conv, x, row, left):
     `left` plus the later tap on their own input (no correction is added, so no item's numbers ever depend
     on another's, not even by rounding). Where the dilation reaches past every item, every earlier tap reads
     `left`: the later tap alone is a 1x1 convolution, the earlier one a constant in its bias (half the work).
+    Where most items are no longer than the dilation (block 16 and 32's dilation 8 on names), nearly every
+    output would be replaced, so the module runs on the sub-row of the longer items only (`long_items_conv`).
     """
     d = conv.dilation[0]
     earlier_tap, later_tap = conv.weight.unbind(2)  # h c, h c
@@ -142,11 +154,29 @@ def causal_conv(conv, x, row, left):
         before_item = before_item + conv.bias
     if row.longest <= d:
         return F.conv1d(x, conv.weight[:, :, 1:], before_item)  # 1 h n
+    if row.few_longer_than(d):
+        return long_items_conv(conv, x, row, before_item)
     h = conv(torch.cat([left[None, :, None].expand(-1, -1, d), x], dim=2))  # 1 c (d + n) -> 1 h n
     crossing = row.crossing(d)  # m
     # index_select: its backward is an index_add, no sort
     at_starts = torch.addmm(before_item[:, None], later_tap, x[0].index_select(1, crossing))  # h m
     return h.index_copy(2, crossing, at_starts[None])  # 1 h n
+
+
+def long_items_conv(conv, x, row, before_item):
+    """causal_conv where few items are longer than the dilation d: 1 c n -> 1 h n. Every position at offset < d
+    reads the all-dot node with its earlier tap (the later tap plus `before_item`, as at item starts); the
+    others, each in an item longer than d, come from the module run over the sub-row of those items, unpadded:
+    its output j is the sub-row's position j + d, kept only where that position is at offset >= d."""
+    d = conv.dilation[0]
+    at_start = row.offset < d  # n
+    longer = row.longer_than(d)  # n
+    starts = torch.nonzero(at_start).squeeze(1)  # m
+    at_starts = torch.addmm(before_item[:, None], conv.weight[:, :, 1], x[0].index_select(1, starts))  # h m
+    inside = conv(x.index_select(2, torch.nonzero(longer).squeeze(1)))  # 1 c n_long -> 1 h (n_long - d)
+    # each position's column of [at_starts | inside]: its rank among the item starts, or its sub-row output
+    source = torch.where(at_start, torch.cumsum(at_start, 0) - 1, len(starts) + torch.cumsum(longer, 0) - 1 - d)
+    return torch.cat([at_starts, inside[0]], dim=1).index_select(1, source)[None]  # 1 h n
 
 
 class ConvLevel(nn.Module):
