@@ -6,8 +6,11 @@ shared node is computed once.
 
 Every forward packs the batch: the valid positions of every item (target not -1; every position without
 targets) back to back in one row, (1, c, n). No right padding is computed, batch norm's statistics are plain
-sums along time, and each level's Conv1d runs once over the whole row (a long row is also the layout oneDNN's
-kernel-2 convolution runs fastest on: about twice the rate of a batch of short rows here).
+sums along time, and each level's Conv1d runs once per forward, over the whole row (or, where few items are
+longer than its dilation, over those items' sub-row). On the AMD EPYC of earlier sessions a long row ran
+oneDNN's kernel-2 convolution at about twice the rate of a batch of short rows; on an Intel Xeon (AVX-512)
+the rate per output is about the same either way (0.76-0.99 us on the row, 0.98-1.05 on a batch of rows of 7,
+at 128 channels and dilation 4: two runs of benchmarks/conv_kernel.py).
 
 The start of an item, exactly and without padding tokens: an item's input is `[., w1 .. wL]`, so its position 0
 holds '.' and at every level its position 0 is the node over an all-'.' window, the all-dot node. The tree's

@@ -1,0 +1,28 @@
+"""benchmarks/conv_kernel.py: its three cases compute one level's arithmetic, and its JSON contract."""
+import json
+
+import torch
+from einops import rearrange
+from torch.testing import assert_close
+
+from benchmarks import conv_kernel
+
+
+def test_the_matmul_case_is_the_conv_of_the_row():
+    """The matmul of the stacked taps is the Conv1d at every position whose earlier tap is in the row."""
+    g = torch.Generator().manual_seed(0)
+    conv = torch.nn.Conv1d(4, 3, 2, dilation=2).double()
+    x = torch.randn(1, 4, 9, generator=g, dtype=torch.float64)
+    stacked = rearrange(torch.stack([x[0, :, :-2], x[0, :, 2:]]), "k c n -> (k c) n")  # each output's two taps
+    taps = rearrange(conv.weight, "h c k -> h (k c)")
+    with torch.no_grad():
+        assert_close(torch.addmm(conv.bias[:, None], taps, stacked), conv(x)[0])
+
+
+def test_a_tiny_run_prints_the_json_contract(capsys):
+    conv_kernel.main(["--positions", "64", "--channels", "8", "--dilation", "2", "--item-length", "4",
+                      "--rounds", "1"])
+    out = capsys.readouterr().out
+    result = json.loads(out.strip().splitlines()[-1])
+    assert len(result["rows"]) == 3 and all(r["gflops"] > 0 for r in result["rows"])
+    assert result["environment"]["threads"] == 1
