@@ -77,8 +77,7 @@ def packed_macs(config, targets, form, mode="eval"):
         if row.longest <= d:  # the later tap alone
             macs += n * h * h
         elif row.few_longer_than(d):  # the later tap at offsets < d, the Conv1d over the longer items' sub-row
-            n_long = int(row.lengths[row.lengths > d].sum())
-            macs += (int((row.offset < d).sum()) + 2 * (n_long - d)) * h * h
+            macs += (int((row.offset < d).sum()) + 2 * (row.positions_longer_than(d) - d)) * h * h
         else:  # the Conv1d over the row, the later tap again at the item starts
             macs += (2 * n + len(row.crossing(d))) * h * h
     all_dot_macs = max(0, config.n_levels - first_conv) * h * h

@@ -101,10 +101,14 @@ class ItemRow:
         earlier tap reads inside the item."""
         return self.lengths[self.item] > dilation
 
+    def positions_longer_than(self, dilation):
+        """How many of the row's positions lie in items longer than `dilation`."""
+        return int(self.lengths[self.lengths > dilation].sum())
+
     def few_longer_than(self, dilation):
         """Whether under 3/4 of the positions lie in items longer than `dilation`: then the convolution runs on
         those items alone (`causal_conv`)."""
-        return 4 * int(self.lengths[self.lengths > dilation].sum()) < 3 * len(self.offset)
+        return 4 * self.positions_longer_than(dilation) < 3 * len(self.offset)
 
 
 
@@ -133,8 +137,8 @@ def pair_index(tokens, row, vocab_size):
 
 
 def look_up_pairs(table, pairs):
-    """Level 0 at every position of the row: the row of the pair table, (v v) h, of each position's pair (n)
-    -> 1 h n."""
+    """Each position's row of a table over token pairs, (v v) h, for its pair index (n) -> 1 h n: level 0's
+    nodes, or in the folded form a tap of level 1 on them."""
     return table.T.index_select(1, pairs)[None]
 
 
