@@ -77,6 +77,14 @@ def test_one_worker_writes_trials_plots_and_the_best_as_a_train_command(tmp_path
     assert args.input_file == str(words_file)
 
 
+def test_timeout_starts_no_trial_after_it(tmp_path, words_file, capsys):
+    work_dir = tmp_path / "sweep"
+    code, out, err = run(["-o", work_dir, "-i", words_file, "--trials", 50, "--timeout", 1e-3, *TINY], capsys)
+    assert code == 0, err
+    assert [t.state.name for t in study_trials(work_dir)] == ["COMPLETE"]  # the first trial runs to its end
+    assert (work_dir / "trials.md").is_file()  # and the worker still reports the study
+
+
 def test_two_workers_share_one_sqlite_study(tmp_path, words_file):
     """Started at once against one new SQLite file: 2 + 2 trials of one study, each prints the best."""
     work_dir = tmp_path / "sweep"
@@ -180,6 +188,7 @@ def test_bad_input(tmp_path, words_file, capsys):
     assert run([*common, "--trials", 0], capsys)[0] == 2
     assert run([*common, "--max-steps", 0], capsys)[0] == 2  # checked by the train CLI's parser
     assert run([*common, "--threads", "two"], capsys)[0] == 2
+    assert run([*common, "--timeout", 0], capsys)[0] == 2
     assert run([*common, "--archs", "lecture,wide"], capsys)[0] == 2
     assert run([*common, "--", "-o", "elsewhere"], capsys)[0] == 2
     assert_user_error(run(["-o", work_dir, "-i", tmp_path / "missing.txt"], capsys), "does not exist")

@@ -4,8 +4,9 @@
     python -m wavenet_conv.sweep -o runs/sweep --trials 20 --storage postgresql://user:pass@host/db   # on each machine
     python -m wavenet_conv.sweep -o runs/sweep --trials 8 --archs lecture -- --block-size 8   # fix a train flag
 
-Each worker runs --trials trials of the study --study in --storage (default: sqlite:///DIR/study.db, which the
-workers of one machine share; on a PostgreSQL URL the workers of many machines share one study). A trial
+Each worker runs --trials trials (fewer if --timeout seconds pass first: no trial starts after it) of the
+study --study in --storage (default: sqlite:///DIR/study.db, which the workers of one machine share; on a
+PostgreSQL URL the workers of many machines share one study). A trial
 trains in-process with `wavenet_conv.train.main` in its own work dir DIR/trial-NNNN (its output in train.log)
 and scores its best validation loss; the test loss is never used. A trial evaluates every 25,600 training names
 (unless `--eval-interval` is given after `--`), and a median pruner stops a trial whose validation loss is worse
@@ -76,6 +77,8 @@ def parse_args(argv):
     parser.add_argument("--input-file", "-i", default=DEFAULT_INPUT, help="input file with one item (name) per line")
     parser.add_argument("--study", default="wavenet_conv", help="study name; workers with the same name share it")
     parser.add_argument("--trials", type=int, default=10, help="trials this worker runs")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="seconds after which this worker starts no new trial (the running one finishes)")
     parser.add_argument("--storage", default=None,
                         help="Optuna storage URL (default sqlite:///WORK_DIR/study.db); a PostgreSQL URL shares the "
                              "study between machines")
@@ -98,6 +101,8 @@ def parse_args(argv):
     # the flags that go to the trials (--max-steps, --epochs, --threads, after `--`) are checked by train's parser
     if args.trials < 1:
         parser.error(f"--trials must be positive, got {args.trials}")
+    if args.timeout is not None and not args.timeout > 0:
+        parser.error(f"--timeout must be positive, got {args.timeout}")
     if args.max_params is not None and args.max_params < 1:
         parser.error(f"--max-params must be positive, got {args.max_params}")
     if args.prune_after < 0:
@@ -442,8 +447,8 @@ def main(argv=None):
     print(f"study {args.study!r} in {hide_password(storage_url(args))}: {args.trials} trials of recipe {args.recipe} "
           f"in this worker", flush=True)
     try:
-        study.optimize(make_objective(args, optuna, vocab, fixed), n_trials=args.trials, catch=(TrialFailed,),
-                       callbacks=[print_trial])
+        study.optimize(make_objective(args, optuna, vocab, fixed), n_trials=args.trials, timeout=args.timeout,
+                       catch=(TrialFailed,), callbacks=[print_trial])
     except KeyboardInterrupt:
         print("interrupted: the running trial is marked failed; the study keeps the others", file=sys.stderr)
         raise SystemExit(130) from None
