@@ -162,7 +162,7 @@ def causal_conv(conv, x, row, left):
     if row.longest <= d:
         return F.conv1d(x, conv.weight[:, :, 1:], before_item)  # 1 h n
     if row.few_longer_than(d):
-        return long_items_conv(conv, x, row, before_item)
+        return long_items_conv(conv, x, row, later_tap, before_item)
     h = conv(torch.cat([left[None, :, None].expand(-1, -1, d), x], dim=2))  # 1 c (d + n) -> 1 h n
     crossing = row.crossing(d)  # m
     # index_select: its backward is an index_add, no sort
@@ -170,7 +170,7 @@ def causal_conv(conv, x, row, left):
     return h.index_copy(2, crossing, at_starts[None])  # 1 h n
 
 
-def long_items_conv(conv, x, row, before_item):
+def long_items_conv(conv, x, row, later_tap, before_item):
     """causal_conv where few items are longer than the dilation d: 1 c n -> 1 h n. Every position at offset < d
     reads the all-dot node with its earlier tap (the later tap plus `before_item`, as at item starts); the
     others, each in an item longer than d, come from the module run over the sub-row of those items, unpadded:
@@ -179,7 +179,7 @@ def long_items_conv(conv, x, row, before_item):
     at_start = row.offset < d  # n
     longer = row.longer_than(d)  # n
     starts = torch.nonzero(at_start).squeeze(1)  # m
-    at_starts = torch.addmm(before_item[:, None], conv.weight[:, :, 1], x[0].index_select(1, starts))  # h m
+    at_starts = torch.addmm(before_item[:, None], later_tap, x[0].index_select(1, starts))  # h m
     inside = conv(x.index_select(2, torch.nonzero(longer).squeeze(1)))  # 1 c n_long -> 1 h (n_long - d)
     # each position's column of [at_starts | inside]: its rank among the item starts, or its sub-row output
     source = torch.where(at_start, torch.cumsum(at_start, 0) - 1, len(starts) + torch.cumsum(longer, 0) - 1 - d)
