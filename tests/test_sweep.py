@@ -124,6 +124,30 @@ def test_pruning_stops_a_trial_worse_than_the_median(tmp_path, words_file, capsy
     assert train.load_checkpoint(work_dir / "trial-0001" / "last.pt")["step"] == 10
 
 
+def test_no_trial_is_pruned_before_its_warm_up(tmp_path, words_file, capsys):
+    """The same two trials as above, with pruning allowed only from 1 epoch of training names on: the slow
+    trial is not stopped at its first evaluations, but after the warm-up."""
+    work_dir = tmp_path / "sweep"
+    work_dir.mkdir()
+    study = optuna.create_study(study_name="warm", storage=f"sqlite:///{work_dir / 'study.db'}")
+    study.enqueue_trial({"block_size": 8, "learning_rate": 1e-2, "weight_decay": 0.1})
+    study.enqueue_trial({"block_size": 8, "learning_rate": 1e-3, "weight_decay": 0.1})
+    n_train = len(train.load_data(words_file)[1]["train"])
+    code, out, err = run(["-o", work_dir, "-i", words_file, "--study", "warm", "--trials", 2, "--prune-after", 1,
+                          "--prune-from-epoch", 1, *TINY], capsys)
+    assert code == 0, err
+    pruned = study_trials(work_dir, "warm")[1]
+    assert pruned.state.name == "PRUNED"
+    names = max(pruned.intermediate_values)  # its first evaluation at or past 1 epoch
+    assert names >= n_train > names - 10 * 16  # evaluations every 10 steps of 16 names
+
+
+def test_prune_from_defaults_to_half_the_epochs():
+    assert sweep.prune_from_names(sweep.parse_args(["--epochs", "30"]), 1000) == 15_000
+    assert sweep.prune_from_names(sweep.parse_args(["--epochs", "30", "--prune-from-epoch", "0"]), 1000) == 0
+    assert sweep.prune_from_names(sweep.parse_args(["--max-steps", "40"]), 1000) == 0
+
+
 class FakeTrial:
     def __init__(self, prune_at):
         self.prune_at, self.reports, self.user_attrs = prune_at, [], {}
@@ -189,6 +213,7 @@ def test_bad_input(tmp_path, words_file, capsys):
     assert run([*common, "--max-steps", 0], capsys)[0] == 2  # checked by the train CLI's parser
     assert run([*common, "--threads", "two"], capsys)[0] == 2
     assert run([*common, "--timeout", 0], capsys)[0] == 2
+    assert run([*common, "--prune-from-epoch", -1], capsys)[0] == 2
     assert run([*common, "--archs", "lecture,wide"], capsys)[0] == 2
     assert run([*common, "--", "-o", "elsewhere"], capsys)[0] == 2
     assert_user_error(run(["-o", work_dir, "-i", tmp_path / "missing.txt"], capsys), "does not exist")
