@@ -104,13 +104,18 @@ def test_two_workers_share_one_sqlite_study(tmp_path, words_file):
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 4
 
 
-def test_pruning_stops_a_trial_worse_than_the_median(tmp_path, words_file, capsys):
-    work_dir = tmp_path / "sweep"
+def enqueue_good_then_slow(work_dir, name):
+    """A new study in work_dir whose first trials are a good one, then one whose learning rate is far too small
+    to learn in 40 steps."""
     work_dir.mkdir()
-    study = optuna.create_study(study_name="prune", storage=f"sqlite:///{work_dir / 'study.db'}")
-    # a good trial, then one whose learning rate is far too small to learn in 40 steps
+    study = optuna.create_study(study_name=name, storage=f"sqlite:///{work_dir / 'study.db'}")
     study.enqueue_trial({"block_size": 8, "learning_rate": 1e-2, "weight_decay": 0.1})
     study.enqueue_trial({"block_size": 8, "learning_rate": 1e-3, "weight_decay": 0.1})
+
+
+def test_pruning_stops_a_trial_worse_than_the_median(tmp_path, words_file, capsys):
+    work_dir = tmp_path / "sweep"
+    enqueue_good_then_slow(work_dir, "prune")
     code, out, err = run(["-o", work_dir, "-i", words_file, "--study", "prune", "--trials", 2, "--prune-after", 1,
                           *TINY], capsys)
     assert code == 0, err
@@ -128,10 +133,7 @@ def test_no_trial_is_pruned_before_its_warm_up(tmp_path, words_file, capsys):
     """The same two trials as above, with pruning allowed only from 1 epoch of training names on: the slow
     trial is not stopped at its first evaluations, but after the warm-up."""
     work_dir = tmp_path / "sweep"
-    work_dir.mkdir()
-    study = optuna.create_study(study_name="warm", storage=f"sqlite:///{work_dir / 'study.db'}")
-    study.enqueue_trial({"block_size": 8, "learning_rate": 1e-2, "weight_decay": 0.1})
-    study.enqueue_trial({"block_size": 8, "learning_rate": 1e-3, "weight_decay": 0.1})
+    enqueue_good_then_slow(work_dir, "warm")
     n_train = len(train.load_data(words_file)[1]["train"])
     code, out, err = run(["-o", work_dir, "-i", words_file, "--study", "warm", "--trials", 2, "--prune-after", 1,
                           "--prune-from-epoch", 1, *TINY], capsys)
