@@ -30,7 +30,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch  # noqa: E402
 
 from benchmarks import compare_workloads as cw  # noqa: E402
-from benchmarks.common import available_devices, environment, markdown_table, measure, write_json  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    available_devices, environment, keep_freed_memory, markdown_table, measure, write_json,
+)
 from wavenet_conv.config import ModelConfig  # noqa: E402
 from wavenet_conv.conv import ConvWaveNet  # noqa: E402
 from wavenet_conv.data import (  # noqa: E402
@@ -516,6 +518,9 @@ def parse_args(argv):
         help="torch CPU threads (default 1: two OpenMP threads on a 2-core machine stall whenever anything else "
              "runs, and the ratios then swing by 2x between runs; use 2 only on an idle machine)")
     add("--seed", type=int, default=1337, help="weights and batching")
+    add("--default-allocator", action="store_true",
+        help="leave glibc's malloc at its defaults: freed large blocks go back to the OS, and the tree's timings "
+             "then vary with the allocator's history (see benchmarks/common.keep_freed_memory)")
     add("--profile", action="store_true", help="profile each form's fastest workload into the report")
     add("--quick", action="store_true", help="CPU smoke run under 30 s: block 8, one batch size, short timings")
     add("--json", default=None, help="also write the JSON object here")
@@ -549,6 +554,8 @@ def settings_for(args, device):
 @exit_on_user_error
 def main(argv=None):
     args = parse_args(argv)
+    if not args.default_allocator:
+        keep_freed_memory()
     devices = available_devices(args.device)
     words = read_words(args.input_file)
     vocab = Vocab.from_words(words)

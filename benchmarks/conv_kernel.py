@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch  # noqa: E402
 from einops import rearrange  # noqa: E402
 
-from benchmarks.common import environment, markdown_table, measure, write_json  # noqa: E402
+from benchmarks.common import environment, keep_freed_memory, markdown_table, measure, write_json  # noqa: E402
 
 
 def cases(positions, channels, dilation, item_length, device):
@@ -50,6 +50,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--json", default=None, help="also write the JSON object here")
     args = parser.parse_args(argv)
+    keep_freed_memory()  # timings independent of the allocator's history
     if min(args.positions, args.channels, args.dilation, args.rounds, args.threads) < 1 or \
             args.item_length <= args.dilation:
         raise SystemExit("error: sizes must be positive and --item-length longer than --dilation")

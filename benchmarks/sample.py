@@ -22,7 +22,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import torch  # noqa: E402
 
-from benchmarks.common import available_devices, environment, markdown_table, measure, write_json  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    available_devices, environment, keep_freed_memory, markdown_table, measure, write_json,
+)
 from wavenet_conv.checkpoint import load  # noqa: E402
 from wavenet_conv.config import ModelConfig  # noqa: E402
 from wavenet_conv.conv import ConvWaveNet  # noqa: E402
@@ -202,6 +204,7 @@ def main(argv=None):
     parser.add_argument("--out-dir", default=None,
                         help=f"where sample_<device>.md and .png go (default {RESULTS_DIR}; none with --quick)")
     args = parser.parse_args(argv)
+    keep_freed_memory()  # timings independent of the allocator's history
     if args.quick:
         args.batch_sizes, args.block_sizes, args.naive_names = [1, 64], [8, 16], 4
         args.cuda_extra_batch_sizes, args.reference_batch = [4096], 64
