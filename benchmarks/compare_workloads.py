@@ -67,15 +67,20 @@ def packed_macs(config, targets, form, mode="eval"):
     alone. Then the head. Training triples the matmuls (the input's and the weight's gradient) but only
     doubles the all-dot node's matrix-vector product (its weight gradient is an outer product, no matmul). In
     training, level 0's batch statistics are counted over the table: two (v v) h matrix-vector products forward
-    (the mean and the variance) and two outer products of that size backward."""
+    (the mean and the variance) and two outer products of that size backward. In eval over items sorted by
+    length in long runs (the whole validation split, bucketed), each level does both taps at offsets >= its
+    dilation and the later tap below, nothing replaced."""
     row = ItemRow((targets != IGNORE_INDEX).sum(1))
     n, h, v = len(row.offset), config.n_hidden, config.vocab_size
     macs = n * h * v + (v * v * 2 * config.n_embd * h if form == "conv" else 0)
     first_conv = 2 if form == "conv_folded" else 1
+    runs = mode == "eval" and row.in_long_length_runs  # inference over length-sorted items: length_runs_conv
     for level in range(first_conv, config.n_levels):
         d = 2**level
         if row.longest <= d:  # the later tap alone
             macs += n * h * h
+        elif runs:  # both taps at offsets >= d, the later tap below
+            macs += int((2 * (row.lengths - d).clamp(min=0) + row.lengths.clamp(max=d)).sum()) * h * h
         elif row.few_longer_than(d):  # the later tap at offsets < d, the Conv1d over the longer items' sub-row
             macs += (int((row.offset < d).sum()) + 2 * (row.positions_longer_than(d) - d)) * h * h
         else:  # the Conv1d over the row, the later tap again at the item starts

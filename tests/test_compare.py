@@ -10,6 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import compare
 from benchmarks import compare_workloads as cw
+from wavenet_conv import conv as conv_module
 from wavenet_conv.config import ModelConfig
 from wavenet_conv.data import build_windows
 
@@ -104,10 +105,14 @@ def test_train_check_catches_a_corrupted_form(small_setup, form):
         compare.check_train_agreement(tree, config, data, cw.FORMS, make_train_model=corrupted)
 
 
+@pytest.mark.parametrize("length_runs", [False, True], ids=["row", "length-runs"])
 @pytest.mark.parametrize("block_size", [8, 32])
-def test_analytic_macs_match_a_flop_counter(words, vocab, block_size):
+def test_analytic_macs_match_a_flop_counter(words, vocab, block_size, length_runs, monkeypatch):
     """The multiply-adds the report divides by are the ones the matmuls really do (in-place addmm_ and mv
-    counted too, which torch's counter leaves out by default), in eval and in training."""
+    counted too, which torch's counter leaves out by default), in eval and in training; in eval on the packed
+    row, and over length runs (conv.length_runs_conv: every run counts as long here)."""
+    if length_runs:
+        monkeypatch.setattr(conv_module, "LENGTH_RUN_POSITIONS", 1)
     aten = torch.ops.aten
     mapping = {aten.addmm_: lambda c, a, b, *args, out_shape=None, **kw: 2 * a[0] * a[1] * b[1],
                aten.mv: lambda a, b, *args, out_shape=None, **kw: 2 * a[0] * a[1]}
@@ -117,6 +122,9 @@ def test_analytic_macs_match_a_flop_counter(words, vocab, block_size):
     data["words"], data["items"] = data["words"][:80], data["items"][:80]
     tree = compare.seeded_tree(config, 0, build_windows(data["train_words"], vocab, block_size))
     models = cw.build_models(tree)
+    chunks, _ = cw.item_chunks(data["items"], 256, torch.device("cpu"), torch.Generator().manual_seed(0))
+    runs = [conv_module.ItemRow.of(x, y).in_long_length_runs for x, y in chunks]
+    assert all(runs) if length_runs else not any(runs)  # the benchmark's batches are sorted by length
     for form in cw.FORMS:
         workload = cw.eval_workload(form, models[form], config, data, 256)
         with FlopCounterMode(display=False, custom_mapping=mapping) as counter:

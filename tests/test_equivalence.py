@@ -381,6 +381,63 @@ def test_a_level_whose_dilation_passes_every_item_reads_only_the_all_dot_node(ma
     assert_node_by_node(conv, reference, x, y)
 
 
+def length_sorted_words(block_size, seed=0):
+    """Three items of each length (0, 1, shorter than, equal to and longer than block_size), shortest first,
+    as evaluation sorts them: runs of equally long items."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = sorted({0, 1, block_size - 1, block_size, block_size + 1, 2 * block_size + 3}) * 3
+    return ["".join(ALPHABET[i] for i in torch.randint(0, len(ALPHABET), (n,), generator=g).tolist())
+            for n in sorted(lengths)]
+
+
+@pytest.mark.parametrize("block_size", [2, 8, 32])
+def test_inference_over_length_runs_runs_each_module_once_per_length(make_random_tree, block_size, monkeypatch):
+    """In inference over items sorted by length, in runs long enough (here: any), each level's nn.Conv1d runs
+    once per length longer than its dilation, on those items as they lie in the row, unpadded: (b, c, t) ->
+    (b, h, t - d). The logits are the token-prefix ones, in the conv and in the folded form; with autograd on,
+    the row runs as before."""
+    monkeypatch.setattr(conv_module, "LENGTH_RUN_POSITIONS", 1)
+    conv = ConvWaveNet.from_tree(make_random_tree(small_config(block_size), seed=41)).eval()
+    x, y = pad_items(encode_items(length_sorted_words(block_size, seed=41), VOCAB))
+    valid = y != IGNORE_INDEX
+    with torch.no_grad():
+        expected = token_prefix_logits(conv, x)[valid]
+    calls = []
+    hooks = [level.conv.register_forward_hook(lambda m, inputs, out: calls.append((m, inputs[0].shape, out.shape)))
+             for level in conv.levels]
+    try:
+        with torch.no_grad():
+            logits = conv(x, y)[0][valid]
+    finally:
+        for hook in hooks:
+            hook.remove()
+    lengths = valid.sum(1).unique().tolist()  # ascending: each run's length
+    items = {t: int((valid.sum(1) == t).sum()) for t in lengths}
+    assert [(m, tuple(i), tuple(o)) for m, i, o in calls] == [
+        (level.conv, (items[t], level.conv.in_channels, t), (items[t], level.conv.out_channels, t - level.dilation))
+        for level in conv.levels[1:] for t in lengths if t > level.dilation]
+    assert_close(logits, expected, atol=1e-10, rtol=1e-10)
+    assert_close(FoldedConvWaveNet(conv)(x, y)[valid], expected, atol=1e-10, rtol=1e-10)
+    assert [m for m, _, _ in conv1d_calls(conv, x, y)] == [level.conv for level in conv.levels[1:]]  # autograd: the row
+
+
+def test_short_length_runs_run_the_row(make_random_tree):
+    """Runs shorter than LENGTH_RUN_POSITIONS on average (the quick benchmark's 500 names, ~300 positions a
+    run, were slower per length) and unsorted items keep the packed row: one call per level."""
+    conv = ConvWaveNet.from_tree(make_random_tree(small_config(8), seed=43)).eval()
+    for words in (length_sorted_words(8, seed=43), random_words(8, seed=43)):
+        x, y = pad_items(encode_items(words, VOCAB))
+        calls = []
+        hooks = [level.conv.register_forward_hook(lambda m, inputs, out: calls.append(m)) for level in conv.levels]
+        try:
+            with torch.no_grad():
+                conv(x, y)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        assert calls == [level.conv for level in conv.levels[1:]]
+
+
 # ---- negative controls: the same check must fail on the classic bugs ----
 
 def zeros_before_items(x, row):
@@ -415,6 +472,23 @@ def test_control_wrong_activations_before_items_fail_the_check(make_random_tree,
     # exactly the classic symptom: wrong at the first block_size - 1 positions, right once the window is inside
     assert gaps[positions < block_size - 1].max() > LARGE_GAP
     assert gaps[positions >= block_size - 1].max() < TOLERANCE[torch.float64]
+
+
+@pytest.mark.parametrize("block_size", [4, 8])
+def test_control_zeros_before_items_fail_over_length_runs_too(make_random_tree, block_size, monkeypatch):
+    """The length-run path reads the all-dot node through the same left context: zeros there break it at the
+    first block_size - 1 positions of every item, as on the row."""
+    monkeypatch.setattr(conv_module, "LENGTH_RUN_POSITIONS", 1)
+    conv = ConvWaveNet.from_tree(make_random_tree(small_config(block_size), seed=45)).eval()
+    x, y = pad_items(encode_items(length_sorted_words(block_size, seed=45), VOCAB))
+    valid = y != IGNORE_INDEX
+    with torch.no_grad():
+        expected = token_prefix_logits(conv, x)
+        assert_close(conv(x, y)[0][valid], expected[valid], atol=1e-10, rtol=1e-10)
+        gaps = (zero_padded_levels(conv, monkeypatch)(x, y)[0] - expected).abs().amax(-1)  # b t
+    positions = torch.arange(x.shape[1]).expand_as(x)
+    assert gaps[valid & (positions < block_size - 1)].max() > LARGE_GAP
+    assert gaps[valid & (positions >= block_size - 1)].max() < TOLERANCE[torch.float64]
 
 
 @pytest.mark.parametrize("block_size", [2, 8])
