@@ -298,14 +298,19 @@ def test_all_dot_node_padding_equals_the_token_prefix(make_random_tree, block_si
         assert conv(x)[0].shape[1] == x.shape[1]  # time stays item length + 1: no prefix is computed
 
 
-def conv1d_calls(conv, x, y):
-    """(module, input shape, output shape) of every nn.Conv1d call in one forward and backward."""
+def conv1d_calls(conv, x, y, inference=False):
+    """(module, input shape, output shape) of every nn.Conv1d call in one forward and backward, or in one
+    forward without autograd (inference)."""
     calls = []
     hooks = [module.register_forward_hook(lambda m, inputs, out: calls.append((m, inputs[0].shape, out.shape)))
              for module in conv.modules() if isinstance(module, torch.nn.Conv1d)]
     try:
-        _, loss = conv(x, y)
-        loss.backward()
+        if inference:
+            with torch.no_grad():
+                conv(x, y)
+        else:
+            _, loss = conv(x, y)
+            loss.backward()
     finally:
         for hook in hooks:
             hook.remove()
@@ -402,15 +407,8 @@ def test_inference_over_length_runs_runs_each_module_once_per_length(make_random
     valid = y != IGNORE_INDEX
     with torch.no_grad():
         expected = token_prefix_logits(conv, x)[valid]
-    calls = []
-    hooks = [level.conv.register_forward_hook(lambda m, inputs, out: calls.append((m, inputs[0].shape, out.shape)))
-             for level in conv.levels]
-    try:
-        with torch.no_grad():
-            logits = conv(x, y)[0][valid]
-    finally:
-        for hook in hooks:
-            hook.remove()
+        logits = conv(x, y)[0][valid]
+    calls = conv1d_calls(conv, x, y, inference=True)
     lengths = valid.sum(1).unique().tolist()  # ascending: each run's length
     items = {t: int((valid.sum(1) == t).sum()) for t in lengths}
     assert [(m, tuple(i), tuple(o)) for m, i, o in calls] == [
@@ -427,15 +425,8 @@ def test_short_length_runs_run_the_row(make_random_tree):
     conv = ConvWaveNet.from_tree(make_random_tree(small_config(8), seed=43)).eval()
     for words in (length_sorted_words(8, seed=43), random_words(8, seed=43)):
         x, y = pad_items(encode_items(words, VOCAB))
-        calls = []
-        hooks = [level.conv.register_forward_hook(lambda m, inputs, out: calls.append(m)) for level in conv.levels]
-        try:
-            with torch.no_grad():
-                conv(x, y)
-        finally:
-            for hook in hooks:
-                hook.remove()
-        assert calls == [level.conv for level in conv.levels[1:]]
+        calls = conv1d_calls(conv, x, y, inference=True)
+        assert [m for m, _, _ in calls] == [level.conv for level in conv.levels[1:]]
 
 
 # ---- negative controls: the same check must fail on the classic bugs ----
