@@ -9,10 +9,10 @@ targets) back to back in one row, (1, c, n). No right padding is computed, batch
 sums along time, and each level's Conv1d runs once per forward, over the whole row (or, where few items are
 longer than its dilation, over those items' sub-row). In inference over items sorted by length in long runs
 of one length, as evaluation makes its batches, the Conv1d runs once per length instead, on those items as a
-(b, c, t) batch as they lie in the row (`length_runs_conv`), and no output is replaced. On the AMD EPYC of earlier sessions a long row ran
-oneDNN's kernel-2 convolution at about twice the rate of a batch of short rows; on an Intel Xeon (AVX-512)
-the rate per output is about the same either way (0.76-0.99 us on the row, 0.98-1.05 on a batch of rows of 7,
-at 128 channels and dilation 4: two runs of benchmarks/conv_kernel.py).
+(b, c, t) batch as they lie in the row (`length_runs_conv`), and no output is replaced. On the AMD EPYC of
+earlier sessions a long row ran oneDNN's kernel-2 convolution at about twice the rate of a batch of short
+rows; on an Intel Xeon (AVX-512) the rate per output is about the same either way (0.76-0.99 us on the row,
+0.98-1.05 on a batch of rows of 7, at 128 channels and dilation 4: two runs of benchmarks/conv_kernel.py).
 
 The start of an item, exactly and without padding tokens: an item's input is `[., w1 .. wL]`, so its position 0
 holds '.' and at every level its position 0 is the node over an all-'.' window, the all-dot node. The tree's
