@@ -140,19 +140,26 @@ def test_analytic_macs_match_a_flop_counter(words, vocab, block_size, length_run
 FAULTS_PER_TREE_CALL = """
 import resource, sys, torch
 from benchmarks.common import keep_freed_memory
-took = keep_freed_memory() if sys.argv[1] == "keep" else False
+if sys.argv[1] == "keep":
+    took = keep_freed_memory()
+else:  # glibc's starting thresholds, held fixed: its dynamic threshold sometimes stops the faults on its own
+    import ctypes, ctypes.util
+    mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
+    took = bool(mallopt(-3, 128 * 1024)) and bool(mallopt(-1, 128 * 1024))
 from wavenet_conv.config import ModelConfig
 from wavenet_conv.tree import TreeWaveNet
 torch.set_num_threads(1)
 tree = TreeWaveNet(ModelConfig(27, 8, 24, 128)).eval()
 x = torch.randint(0, 27, (1024, 8), generator=torch.Generator().manual_seed(0))
+faults = []
 with torch.no_grad():
     for _ in range(3):
         tree(x)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(5):
+    for _ in range(9):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         tree(x)
-print(took, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(took, sorted(faults)[len(faults) // 2])  # the median call: one stray page-in of the process is not the allocator
 """
 
 
@@ -165,12 +172,14 @@ def faults_per_tree_call(setting):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc and minor page faults: Linux")
 def test_kept_freed_memory_stops_the_trees_page_faults():
-    """The tree's eval at batch 1024 faults in hundreds of fresh pages a call with glibc's defaults (the negative
-    control: what made its timings depend on the order of runs) and at least ten times fewer once freed memory
-    is kept (seen: 450-2,500 against 0-40)."""
+    """The tree's eval at batch 1024 faults in hundreds of fresh pages a call when glibc hands freed blocks back
+    to the OS, as its defaults do at their starting 128 KiB threshold (the negative control, held fixed here:
+    the default threshold moves, and some runs stop faulting on their own, which is what made the tree's
+    timings depend on the order of runs), and at least ten times fewer once freed memory is kept (the median
+    call of nine: one stray page-in of the process once reached 102 faults a call in a mean of five)."""
     took, kept = faults_per_tree_call("keep")
     if not took:
         pytest.skip("not glibc: mallopt is not there")
-    _, default = faults_per_tree_call("default")
-    assert default > 100
-    assert kept * 10 < default
+    _, returned = faults_per_tree_call("return")
+    assert returned > 100
+    assert kept * 10 < returned
