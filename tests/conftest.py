@@ -129,3 +129,13 @@ def random_tree(config, seed=0, dtype=torch.float64, device="cpu"):
 def make_random_tree():
     """random_tree(config, seed=0, dtype=torch.float64, device='cpu') as a fixture, for tests in any file."""
     return random_tree
+
+
+@pytest.fixture
+def small_words_file(tmp_path):
+    """120 pseudo-names (test_train.syllable_words): 96 to train on, 12 to validate, 12 to test."""
+    from test_train import syllable_words
+
+    path = tmp_path / "words.txt"
+    path.write_text("\n".join(syllable_words(120)) + "\n")
+    return path

@@ -248,6 +248,8 @@ def test_search_space():
     settings = sweep.suggest_settings(study.ask(), fixed, ["gated"])
     assert settings.keys() == {"n_embd", "n_hidden", "block_size", "learning_rate", "weight_decay", "dropout"}
     assert sweep.base_flags(sweep.parse_args(["--archs", "gated"])) == ["--recipe", "fast", "--arch", "gated"]
+    # an ensemble recipe's trials are single models of its members' settings (their validations drive the pruner)
+    assert sweep.base_flags(sweep.parse_args(["--recipe", "large"]))[:4] == ["--recipe", "large", "--members", "1"]
 
 
 def test_lowest_loss_frontier_keeps_each_size_that_beats_every_smaller_one():

@@ -9,6 +9,7 @@ _SOURCE_MODULE = {
     "load": "checkpoint", "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
     "ModelConfig": "config",
     "ConvWaveNet": "conv",
+    "EnsembleWaveNet": "ensemble",
     "Vocab": "data", "bucketed_batches": "data", "build_windows": "data", "encode_items": "data",
     "pad_items": "data", "read_words": "data", "split_words": "data",
     "CheckpointError": "errors", "DatasetError": "errors", "UserError": "errors",

@@ -77,13 +77,17 @@ class NameBatches:
         return len(self.items) // self.batch_size
 
     def next(self):
+        return self.next_with_indices()[1:]
+
+    def next_with_indices(self):
+        """The next batch's item indices (what distill.TeacherTargets looks up), inputs and targets."""
         if self.epoch is None or self.position == len(self.epoch):
             self.epoch_start = self.generator.get_state()
             self.epoch = self.draw_epoch()
             self.position = 0
-        batch = [self.items[i] for i in self.epoch[self.position]]
+        indices = self.epoch[self.position]
         self.position += 1
-        return make_name_batch(batch, self.device)
+        return (indices, *make_name_batch([self.items[i] for i in indices], self.device))
 
     def state(self):
         """Mid-epoch position: the generator state before this epoch's draw, and the batches done."""

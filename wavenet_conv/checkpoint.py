@@ -1,4 +1,9 @@
-"""Checkpoints: tensors plus a plain-dict config, written atomically, loaded without running code."""
+"""Checkpoints: tensors plus a plain-dict config, written atomically, loaded without running code.
+
+A single model's checkpoint holds its model_type ("conv" or "tree"), config, vocab and weights ("model").
+An ensemble's (model_type "ensemble") holds under "model" the list of its members, each a dict of the same
+model_type, config and weights a single checkpoint stores, and as its config {"members": their number}.
+"""
 import os
 import pickle
 import shutil
@@ -13,7 +18,8 @@ from wavenet_conv.errors import CheckpointError
 from wavenet_conv.files import write_atomically
 
 CHECKPOINT_NAME = "model.pt"
-MODEL_TYPES = ("conv", "tree")
+MODEL_TYPES = ("conv", "tree")  # single models; an ensemble's members are of these
+MODEL_KEYS = ("model_type", "config", "model")  # what a checkpoint stores of a model, and of each ensemble member
 
 
 def model_classes(arch):
@@ -27,6 +33,10 @@ def model_classes(arch):
 
 
 def model_type_of(model):
+    from wavenet_conv.ensemble import EnsembleWaveNet
+
+    if isinstance(model, EnsembleWaveNet):
+        return "ensemble"
     config = getattr(model, "config", None)
     if config is not None:
         tree_class, conv_class = model_classes(config.arch)
@@ -42,18 +52,23 @@ def build_model(model_type, config):
     return {"conv": conv_class, "tree": tree_class}[model_type](config)
 
 
+def model_state(model):
+    """(model_type, config, weights): what a checkpoint stores of a model. An ensemble's weights are its members'
+    states, each a dict of those three as a single model's checkpoint has them: tensors and plain values only."""
+    model_type = model_type_of(model)
+    if model_type == "ensemble":
+        members = [dict(zip(MODEL_KEYS, model_state(member))) for member in model.members]
+        return model_type, {"members": len(members)}, members
+    return model_type, model.config.to_dict(), {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
 def save_checkpoint(path, model, vocab, **extra):
     """Write model, config and vocabulary (plus `extra`: optimizer state, RNG state, step...) atomically: a kill
     at any moment leaves the previous checkpoint or the new one, never a torn file (files.write_atomically)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {
-        "model_type": model_type_of(model),
-        "config": model.config.to_dict(),
-        "vocab": list(vocab.itos),
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        **extra,
-    }
+    model_type, config, weights = model_state(model)
+    state = {"model_type": model_type, "config": config, "vocab": list(vocab.itos), "model": weights, **extra}
     return write_atomically(path, lambda tmp: torch.save(state, tmp))
 
 
@@ -88,14 +103,38 @@ def load_checkpoint(path, map_location="cpu"):
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {first_line}") from None
-    if not isinstance(state, dict) or not {"model_type", "config", "vocab", "model"} <= state.keys():
+    if not isinstance(state, dict) or not {*MODEL_KEYS, "vocab"} <= state.keys():
         raise CheckpointError(f"{str(path)!r} is not a wavenet_conv checkpoint")
-    if state["model_type"] not in MODEL_TYPES:
+    if state["model_type"] == "ensemble":
+        members = state["model"]
+        if not isinstance(members, list) or not members:
+            raise CheckpointError(f"{str(path)!r} holds an ensemble without members")
+        for i, member in enumerate(members):
+            if not isinstance(member, dict) or not set(MODEL_KEYS) <= member.keys():
+                raise CheckpointError(f"{str(path)!r}: ensemble member {i} is not a model (no {', '.join(MODEL_KEYS)})")
+            if member["model_type"] not in MODEL_TYPES:
+                raise CheckpointError(f"{str(path)!r}: ensemble member {i} has an unknown model type "
+                                      f"{member['model_type']!r}")
+    elif state["model_type"] not in MODEL_TYPES:
         raise CheckpointError(f"{str(path)!r} holds an unknown model type {state['model_type']!r}")
     return state
 
 
 def model_from_checkpoint(state):
+    """The model of a checkpoint dict (load_checkpoint's), or of one ensemble member's dict in it."""
+    if state["model_type"] == "ensemble":
+        from wavenet_conv.ensemble import EnsembleWaveNet
+
+        members = []
+        for i, member in enumerate(state["model"]):
+            try:
+                members.append(model_from_checkpoint(member))
+            except CheckpointError as e:
+                raise CheckpointError(f"ensemble member {i}: {e}") from None
+        try:
+            return EnsembleWaveNet(members)
+        except ValueError as e:
+            raise CheckpointError(f"the ensemble's members do not fit together: {e}") from None
     try:
         model = build_model(state["model_type"], ModelConfig(**state["config"]))
         model.load_state_dict(state["model"])

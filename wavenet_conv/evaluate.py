@@ -6,6 +6,10 @@ in its inference form (FoldedConvWaveNet: batch norm folded into the convolution
 Every next-character prediction of a split counts once, so the conv over whole items and the tree over the
 split's build_windows windows give the same mean (the same model, converted), up to float rounding.
 
+An ensemble (ensemble.py) runs on its members' kind of batches, all members on the same batch, each in the
+form it would be evaluated in alone: its loss is the NLL of the mixture at every prediction, which needs
+every member's distribution for that prediction side by side.
+
     python -m wavenet_conv.evaluate -o runs/default     # train / val / test loss of a trained model
 
 Shape legend: b batch, t time, n windows, v vocab.
@@ -19,6 +23,7 @@ from einops import rearrange
 from wavenet_conv.checkpoint import load, model_type_of
 from wavenet_conv.data import DEFAULT_INPUT, IGNORE_INDEX, build_windows, encode_items, pad_items, read_words, split_words
 from wavenet_conv.device import DEVICE_CHOICES, resolve_device
+from wavenet_conv.ensemble import members_of, mixture_logits
 from wavenet_conv.errors import DatasetError, exit_on_user_error
 from wavenet_conv.folded import FoldedConvWaveNet
 
@@ -50,7 +55,7 @@ class SplitEvaluator:
     """The full-split loss of a model; the split's batches are built once and reused at every evaluation.
 
     A conv runs over whole items sorted by length (the lecture arch's in its folded inference form); the tree
-    over windows.
+    over windows; an ensemble over its members' kind of batches.
     """
 
     def __init__(self, words, vocab):
@@ -71,16 +76,14 @@ class SplitEvaluator:
     def loss(self, model):
         """Mean cross-entropy over every prediction of the split, in eval mode; the model's mode is restored."""
         device = next(model.parameters()).device
-        model_type = model_type_of(model)
-        batches = self.batches_for(model_type, model.config.block_size, device)
+        member = members_of(model)[0]  # an ensemble's members are all of one kind and block size
+        batches = self.batches_for(model_type_of(member), member.config.block_size, device)
         was_training = model.training
         model.eval()
         total, count = 0.0, 0
         try:
             with torch.inference_mode():
-                # the lecture arch's conv in its folded inference form; the gated arch and the tree as they are
-                folded = model_type == "conv" and model.config.arch == "lecture"
-                forward = FoldedConvWaveNet(model) if folded else lambda x, y: model(x)[0]
+                forward = inference_forward(model)
                 for x, y in batches:
                     logits = forward(x, y)  # the folded form computes valid positions only
                     if logits.ndim == 3:
@@ -90,6 +93,17 @@ class SplitEvaluator:
         finally:
             model.train(was_training)
         return total / count
+
+
+def inference_forward(model):
+    """(x, y) -> logits of a model in eval mode: the lecture arch's conv in its folded inference form, the gated
+    arch and the tree as they are, an ensemble the mixture of its members' forms."""
+    if model_type_of(model) == "ensemble":
+        forwards = [inference_forward(member) for member in model.members]
+        return lambda x, y: mixture_logits([forward(x, y) for forward in forwards], y)
+    if model_type_of(model) == "conv" and model.config.arch == "lecture":
+        return FoldedConvWaveNet(model)
+    return lambda x, y: model(x)[0]
 
 
 def split_loss(model, words, vocab):

@@ -5,6 +5,9 @@
 - cached: Fast WaveNet generation (wavenet_conv.cache), one new node per level per character, many names at once;
   the lecture arch only: a gated model samples with `full` by default and refuses `cached` in one line.
 
+An ensemble (ensemble.py) draws from the mixture of its members' distributions: naive and full run its
+forward (its members as trees, or as convs), cached steps one cache per member and mixes their probabilities.
+
 All three draw their randomness the same way: one uniform number per (name, position), drawn up front,
 turned into a character by inverse-CDF sampling. The same seed therefore gives the same names whichever
 method runs; only rounding in the logits can move a draw across a boundary.
@@ -25,6 +28,7 @@ from wavenet_conv.cache import IncrementalWaveNet
 from wavenet_conv.checkpoint import load, model_classes, model_type_of
 from wavenet_conv.data import DEFAULT_INPUT, read_words, split_words
 from wavenet_conv.device import DEVICE_CHOICES, resolve_device
+from wavenet_conv.ensemble import EnsembleWaveNet, members_of, mixture_logits
 from wavenet_conv.errors import UserError, exit_on_user_error
 from wavenet_conv.folded import FoldedConvWaveNet
 
@@ -53,9 +57,11 @@ def next_tokens(logits, uniforms, temperature=1.0, top_k=None):
 
 def sample(model, vocab, num_samples, *, method=None, generator=None, temperature=1.0, top_k=None,
            prefix="", max_len=None):
-    """`num_samples` names from a tree or conv model of either arch, each starting with `prefix`.
+    """`num_samples` names from a tree or conv model of either arch, or an ensemble of them, each starting with
+    `prefix`.
 
-    method None: cached for the lecture arch, full for the gated arch (which has no cached form).
+    method None: cached for the lecture arch, full for the gated arch (which has no cached form); for an
+    ensemble, cached when every member is of the lecture arch.
 
     A name ends at its first '.' (left out of the result) or after `max_len` characters (default: the
     prefix plus 4 * block_size). The uniforms are drawn from `generator` up front, shape [num_samples,
@@ -65,12 +71,14 @@ def sample(model, vocab, num_samples, *, method=None, generator=None, temperatur
         model_type_of(model)
     except TypeError:
         raise TypeError(f"can sample from a tree or conv WaveNet, not a {type(model).__name__}") from None
+    config = members_of(model)[0].config  # an ensemble's members share the vocabulary and block size
+    other_archs = sorted({member.config.arch for member in members_of(model)} - {"lecture"})
     if method is None:
-        method = "cached" if model.config.arch == "lecture" else "full"
+        method = "full" if other_archs else "cached"
     if method not in METHODS:
         raise SampleError(f"unknown sampling method {method!r}; choose one of {', '.join(METHODS)}")
-    if method == "cached" and model.config.arch != "lecture":
-        raise SampleError(f"the cached sampler exists for the lecture arch only; sample the {model.config.arch} "
+    if method == "cached" and other_archs:
+        raise SampleError(f"the cached sampler exists for the lecture arch only; sample the {other_archs[0]} "
                           f"arch with method full or naive")
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0:
         raise SampleError(f"the number of samples must be a non-negative integer, got {num_samples!r}")
@@ -78,13 +86,13 @@ def sample(model, vocab, num_samples, *, method=None, generator=None, temperatur
         raise SampleError(f"temperature must be a positive number, got {temperature!r}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise SampleError(f"top_k must be a positive integer, got {top_k!r}")
-    if len(vocab) != model.config.vocab_size:
-        raise SampleError(f"the vocabulary has {len(vocab)} tokens but the model {model.config.vocab_size}")
+    if len(vocab) != config.vocab_size:
+        raise SampleError(f"the vocabulary has {len(vocab)} tokens but the model {config.vocab_size}")
     bad = [ch for ch in prefix if ch not in vocab.stoi]
     if bad:
         raise SampleError(f"prefix {prefix!r} has character {bad[0]!r}, which is not in the vocabulary")
     if max_len is None:
-        max_len = len(prefix) + MAX_LEN_BLOCKS * model.config.block_size
+        max_len = len(prefix) + MAX_LEN_BLOCKS * config.block_size
     if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len <= len(prefix):
         raise SampleError(f"max_len must be an integer longer than the prefix ({len(prefix)}), got {max_len!r}")
 
@@ -117,10 +125,14 @@ def decode_names(tokens, vocab):
 
 
 def as_tree(model):
+    if isinstance(model, EnsembleWaveNet):
+        return EnsembleWaveNet(map(as_tree, model.members)).eval()
     return model if model_type_of(model) == "tree" else model.to_tree().eval()
 
 
 def as_conv(model):
+    if isinstance(model, EnsembleWaveNet):
+        return EnsembleWaveNet(map(as_conv, model.members)).eval()
     conv_class = model_classes(model.config.arch)[1]
     return model if model_type_of(model) == "conv" else conv_class.from_tree(model).eval()
 
@@ -128,7 +140,7 @@ def as_conv(model):
 def generate_naive(model, prefix_tokens, uniforms, draw):
     """The lecture's loop: one name at a time, the tree over the last block_size tokens per character."""
     tree = as_tree(model)
-    block_size = tree.config.block_size
+    block_size = members_of(tree)[0].config.block_size
     num_samples, max_len = uniforms.shape
     out = torch.zeros(num_samples, max_len, dtype=torch.long)
     for n in range(num_samples):
@@ -167,21 +179,27 @@ def generate_full(model, prefix_tokens, uniforms, draw):
 
 
 def generate_cached(model, prefix_tokens, uniforms, draw):
-    """Fast WaveNet generation for all names at once; a stopped name drops out of every later step."""
-    folded = FoldedConvWaveNet(as_conv(model))
+    """Fast WaveNet generation for all names at once; a stopped name drops out of every later step. An ensemble
+    steps one cache per member and draws from the mixture of their probabilities."""
     num_samples, max_len = uniforms.shape
     device = uniforms.device
     out = torch.zeros(num_samples, max_len, dtype=torch.long, device=device)
-    cache = IncrementalWaveNet(folded, num_samples)
+    caches = [IncrementalWaveNet(FoldedConvWaveNet(member), num_samples) for member in members_of(as_conv(model))]
+    if isinstance(model, EnsembleWaveNet):
+        def step(tokens, rows=None):
+            """b -> b v: the log of the mean of the members' next-token probabilities."""
+            return mixture_logits([cache.step(tokens, rows) for cache in caches])
+    else:
+        step = caches[0].step
     tokens = torch.zeros(num_samples, dtype=torch.long, device=device)  # b: the start '.'
     for position, ix in enumerate(prefix_tokens):
-        cache.step(tokens)  # only fills the buffers: the prefix is given, not drawn
+        step(tokens)  # only fills the buffers: the prefix is given, not drawn
         tokens = torch.full_like(tokens, ix)
         out[:, position] = ix
     going = torch.arange(num_samples, device=device)  # b: the names not stopped yet, rows of `out`
-    rows = None  # `going` for the cache, None while that is every name
+    rows = None  # `going` for the caches, None while that is every name
     for position in range(len(prefix_tokens), max_len):
-        ix = next_tokens(cache.step(tokens, rows), uniforms[:, position].index_select(0, going), **draw)  # b
+        ix = next_tokens(step(tokens, rows), uniforms[:, position].index_select(0, going), **draw)  # b
         out[going, position] = ix
         still = ix != 0
         if still.all():

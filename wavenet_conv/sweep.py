@@ -181,8 +181,14 @@ def setting_flags(settings):
 
 
 def base_flags(args):
-    """The train flags every trial shares: the recipe, the run-length bounds and the flags after `--`."""
+    """The train flags every trial shares: the recipe, the run-length bounds and the flags after `--`. A trial is
+    one model trained on the data (an ensemble recipe's member settings, a distilling recipe's without its
+    teacher): its validations drive the pruner, and it trains no other model first."""
     flags = ["--recipe", args.recipe]
+    if get_recipe(args.recipe).members > 1:
+        flags += ["--members", "1"]
+    if get_recipe(args.recipe).distill:
+        flags += ["--distill", "0"]
     if len(args.archs) == 1 and args.archs[0] != DEFAULT_ARCH:
         flags += ["--arch", args.archs[0]]
     if args.max_steps is not None:

@@ -100,7 +100,7 @@ class Trainer:
     """
 
     def __init__(self, recipe, vocab, splits, device, seed, work_dir, started, target_loss=None, keep_going=False,
-                 on_validation=None):
+                 on_validation=None, teacher=None):
         self.recipe = recipe
         self.vocab = vocab
         self.device = device
@@ -110,6 +110,7 @@ class Trainer:
         self.target_loss = target_loss
         self.keep_going = keep_going
         self.on_validation = on_validation
+        self.teacher = teacher  # distill.TeacherTargets of the training items, or None: the data alone
         self.model = create_model(recipe, vocab, seed).to(device)
         set_bn_momentum(self.model, recipe.bn_momentum)
         self.batches = training_batches(recipe, splits["train"], vocab, device, seed)
@@ -199,9 +200,15 @@ class Trainer:
         """One optimization step at the scheduler's learning rate; returns its loss."""
         step = self.step
         self.lr = self.optimizer.param_groups[0]["lr"]
-        inputs, targets = self.batches.next()
-        _, loss = self.model(inputs, targets)
-        loss_value = loss.item()
+        if self.teacher is None:
+            inputs, targets = self.batches.next()
+            _, data_loss = self.model(inputs, targets)
+            loss = data_loss
+        else:
+            indices, inputs, targets = self.batches.next_with_indices()
+            logits, data_loss = self.model(inputs, targets)
+            loss = self.teacher.loss(logits, targets, data_loss, indices)
+        loss_value = data_loss.item()  # the data's cross-entropy, with a teacher or without
         if not math.isfinite(loss_value):
             raise TrainingDiverged(
                 f"the training loss is {loss_value} at step {step}; stopped, keeping the last good checkpoint in "
