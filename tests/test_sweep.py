@@ -242,8 +242,13 @@ def test_search_space():
     assert archs == {"lecture", "gated"}
     # fixed settings are neither searched nor passed
     fixed = sweep.fixed_settings(sweep.parse_args(["--archs", "lecture", "--max-steps", "5", "--", "-b", "8"]))
-    assert fixed == {"arch", "epochs", "batch_size"}
-    assert sweep.fixed_settings(sweep.parse_args(["--", "--epochs", "2", "-l", "0.01"])) == {"epochs", "learning_rate"}
+    assert fixed == {"arch", "epochs", "batch_size", "distill"}  # no --teacher: no distillation weight to search
+    assert sweep.fixed_settings(sweep.parse_args(["--", "--epochs", "2", "-l", "0.01"])) == {
+        "epochs", "learning_rate", "distill"}
+    # with a --teacher the weight of its probabilities is searched, in [0.5, 1]
+    with_teacher = sweep.parse_args(["--recipe", "quality", "--", "--teacher", "runs/large"])
+    assert "distill" not in sweep.fixed_settings(with_teacher) and "--distill" not in sweep.base_flags(with_teacher)
+    assert 0.5 <= sweep.suggest_settings(study.ask(), {"arch"}, ["lecture"])["distill"] <= 1
     # one gated arch is passed, not searched, and has dropout
     settings = sweep.suggest_settings(study.ask(), fixed, ["gated"])
     assert settings.keys() == {"n_embd", "n_hidden", "block_size", "learning_rate", "weight_decay", "dropout"}

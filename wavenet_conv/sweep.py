@@ -54,7 +54,7 @@ DEFAULT_ARCH = "lecture"  # the train command's, so a sweep of lecture trials ne
 # the space searches AdamW's weight decay and the length of a cosine schedule: the recipes that have them
 SWEEP_RECIPES = tuple(name for name, recipe in RECIPES.items() if recipe.optimizer == "adamw")
 SEARCHED = ("arch", "n_embd", "n_hidden", "block_size", "learning_rate", "weight_decay", "dropout", "batch_size",
-            "epochs")
+            "epochs", "distill")
 # a trial evaluates every this many training names (about one epoch of names.txt's training split, and a multiple
 # of every searched batch size), so the pruner compares trials of any batch size after the same amount of training
 EVAL_EVERY_NAMES = 25_600
@@ -136,6 +136,11 @@ def require_optuna():
 # ---------------------------------------------------------------------------------------- search space
 
 
+def has_teacher(args):
+    """Whether the trials distill from a --teacher given after `--`: only then is the distillation weight searched."""
+    return any(f == "--teacher" or f.startswith("--teacher=") for f in args.train_flags)
+
+
 def fixed_settings(args):
     """The searched settings that the sweep's flags fix, so that no trial searches or passes them."""
     given = train.parse_args([*base_flags(args), "--threads", args.threads])  # train's parser checks its flags
@@ -145,6 +150,8 @@ def fixed_settings(args):
         fixed.add("epochs")  # with a step count the epoch count has no effect
     if len(args.archs) == 1:
         fixed.add("arch")
+    if not has_teacher(args):
+        fixed.add("distill")
     return fixed
 
 
@@ -173,6 +180,8 @@ def suggest_settings(trial, fixed, archs):
         settings["batch_size"] = trial.suggest_categorical("batch_size", [32, 64, 128, 256])
     if searched("epochs"):
         settings["epochs"] = trial.suggest_int("epochs", 3, 30)
+    if searched("distill"):  # with a --teacher: the weight of its probabilities in the loss
+        settings["distill"] = trial.suggest_float("distill", 0.5, 1.0)
     return settings
 
 
@@ -182,12 +191,12 @@ def setting_flags(settings):
 
 def base_flags(args):
     """The train flags every trial shares: the recipe, the run-length bounds and the flags after `--`. A trial is
-    one model trained on the data (an ensemble recipe's member settings, a distilling recipe's without its
-    teacher): its validations drive the pruner, and it trains no other model first."""
+    one model (an ensemble recipe's member settings): its validations drive the pruner, and it trains no other
+    model first: without a --teacher after `--`, it learns from the data alone (--distill 0)."""
     flags = ["--recipe", args.recipe]
     if get_recipe(args.recipe).members > 1:
         flags += ["--members", "1"]
-    if get_recipe(args.recipe).distill:
+    if get_recipe(args.recipe).distill and not has_teacher(args):
         flags += ["--distill", "0"]
     if len(args.archs) == 1 and args.archs[0] != DEFAULT_ARCH:
         flags += ["--arch", args.archs[0]]
