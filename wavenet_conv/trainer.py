@@ -114,6 +114,8 @@ class Trainer:
         self.model = create_model(recipe, vocab, seed).to(device)
         set_bn_momentum(self.model, recipe.bn_momentum)
         self.batches = training_batches(recipe, splits["train"], vocab, device, seed)
+        if teacher is not None and teacher.lengths.tolist() != [len(item) + 1 for item in self.batches.items]:
+            raise ValueError("the teacher's targets are not over these training items, in this order")
         if recipe.max_steps is not None:
             self.max_steps = recipe.max_steps
         else:
