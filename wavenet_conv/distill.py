@@ -17,6 +17,7 @@ Shape legend: b batch, t time, n positions (items back to back), v vocab.
 import torch
 import torch.nn.functional as F
 
+from wavenet_conv.conv import ItemRow
 from wavenet_conv.data import IGNORE_INDEX, pad_items
 from wavenet_conv.errors import UserError
 
@@ -33,11 +34,10 @@ class TeacherTargets:
         if not 0 < weight <= 1:
             raise UserError(f"the distillation weight must be in (0, 1], got {weight}")
         self.weight = weight
-        lengths = torch.tensor([len(item) + 1 for item in items])  # every position predicts: the end marker too
-        self.starts = torch.cumsum(lengths, 0) - lengths
-        self.lengths = lengths
+        self.lengths = torch.tensor([len(item) + 1 for item in items])  # every position predicts: the end marker too
+        self.starts = ItemRow(self.lengths).starts  # each item's first row of `probabilities`
         weights = next(teacher.parameters())
-        self.probabilities = torch.empty(int(lengths.sum()), vocab_size, dtype=weights.dtype)  # n v
+        self.probabilities = torch.empty(int(self.lengths.sum()), vocab_size, dtype=weights.dtype)  # n v
         was_training = teacher.training
         teacher.eval()
         forward = inference_forward(teacher)
@@ -53,9 +53,8 @@ class TeacherTargets:
     def positions_of(self, indices):
         """The rows of `probabilities` of the given items (b), item after item: the order of a batch's valid
         positions, `logits[targets != -1]` (b t -> n)."""
-        lengths = self.lengths[indices]  # b
-        first = torch.repeat_interleave(self.starts[indices], lengths)  # n
-        return first + torch.arange(len(first)) - torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths, lengths)
+        batch = ItemRow(self.lengths[indices])  # the batch's items back to back, as its packed row
+        return self.starts[indices][batch.item] + batch.offset  # n
 
     def loss(self, logits, targets, data_loss, indices):
         """The student's loss on a batch of the items `indices` (b): logits and targets b t v, b t."""

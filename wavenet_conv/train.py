@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from wavenet_conv.checkpoint import CHECKPOINT_NAME, checkpoint_path, load, load_checkpoint
+from wavenet_conv.checkpoint import CHECKPOINT_NAME, load, load_checkpoint
 from wavenet_conv.config import ARCHS
 from wavenet_conv.data import DEFAULT_INPUT, Vocab, encode_items, read_words, split_words
 from wavenet_conv.device import DEVICE_CHOICES, resolve_device
@@ -257,7 +257,7 @@ def distillation_teacher(args, recipe, seed, vocab, splits, device):
     if recipe.model != "conv":
         raise UserError("--distill trains the conv on whole names; the tree's random windows have no teacher targets")
     if recipe.teacher is not None:
-        teacher, teacher_vocab = load(checkpoint_path(Path(recipe.teacher)), device)
+        teacher, teacher_vocab = load(recipe.teacher, device)  # a work dir or a model.pt
         facts = {"path": str(recipe.teacher)}
     else:
         teacher_dir = Path(args.work_dir) / TEACHER_DIR
@@ -267,7 +267,7 @@ def distillation_teacher(args, recipe, seed, vocab, splits, device):
                          (teacher_dir / name).is_file() for name in (ENSEMBLE_PLAN, RESUME_NAME))}
         print(f"distilling from a teacher trained first in {str(teacher_dir)!r}:")
         summary = train_and_report(argparse.Namespace(**{**vars(args), **overrides}), None, time.monotonic())
-        teacher, teacher_vocab = load(teacher_dir / CHECKPOINT_NAME, device)
+        teacher, teacher_vocab = load(teacher_dir, device)
         facts = {"work_dir": TEACHER_DIR, **{k: summary[k] for k in ("val_loss", "test_loss", "params", "seconds_total")}}
     if teacher_vocab.itos != vocab.itos:
         raise UserError(f"the teacher's vocabulary differs from {args.input_file!r}'s: was it trained on this data?")
