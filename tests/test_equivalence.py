@@ -264,9 +264,9 @@ def test_receptive_field_is_exactly_the_window(make_random_tree, block_size, mon
     idx[:, 0] = 0  # items start with '.'
     probe = torch.zeros(2, idx.shape[1], conv.config.n_hidden, dtype=torch.float64, requires_grad=True)
     look_up = conv_module.look_up_pairs
-    # the conv runs the batch packed in one row of positions: 1 h (b t)
+    # the conv runs the batch packed as rows, one per position: (b t) h
     monkeypatch.setattr(conv_module, "look_up_pairs",
-                        lambda *args: look_up(*args) + rearrange(probe, "b t h -> 1 h (b t)"))
+                        lambda *args: look_up(*args) + rearrange(probe, "b t h -> (b t) h"))
     logits = conv(idx)[0]  # b t v
     for t in range(idx.shape[1]):
         (grad,) = torch.autograd.grad(logits[:, t].sum(), probe, retain_graph=True)

@@ -46,7 +46,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from wavenet_conv.activations import tanh
+from wavenet_conv.activations import tanh, tanh_
+from wavenet_conv.channels_last import ChannelsLastConv1d, as_rows, as_time
 from wavenet_conv.data import IGNORE_INDEX
 
 
@@ -137,8 +138,8 @@ class ItemRow:
 
 
 def all_dot_node(x):
-    """1 c n -> c: the node at the row's position 0, the first item's '.': every item's all-dot node."""
-    return x[0, :, 0]
+    """n c -> c: the node at the row's position 0, the first item's '.': every item's all-dot node."""
+    return x[0]
 
 
 def pair_table(conv, embedding, vocab_size):
@@ -161,14 +162,14 @@ def pair_index(tokens, row, vocab_size):
 
 
 def look_up_pairs(table, pairs):
-    """Each position's row of a table over token pairs, (v v) h, for its pair index (n) -> 1 h n: level 0's
+    """Each position's row of a table over token pairs, (v v) h, for its pair index (n) -> n h: level 0's
     nodes, or in the folded form a tap of level 1 on them."""
-    return table.T.index_select(1, pairs)[None]
+    return table.index_select(0, pairs)
 
 
 def causal_conv(conv, x, row, left):
-    """A kernel-2 Conv1d over the items packed in x (1 c n), each item exactly as if alone with its left
-    context `left` (c: the all-dot node) in every tap before it: 1 c n -> 1 h n.
+    """A kernel-2 Conv1d over the items packed in x (n c, rows), each item exactly as if alone with its left
+    context `left` (c: the all-dot node) in every tap before it: n c -> n h.
 
     The module runs once over the row, left-padded for the first item. An item's first `dilation` positions
     would read their earlier tap from the item before, so their outputs are replaced: the earlier tap on
@@ -186,45 +187,45 @@ def causal_conv(conv, x, row, left):
     if conv.bias is not None:
         before_item = before_item + conv.bias
     if row.longest <= d:
-        return F.conv1d(x, conv.weight[:, :, 1:], before_item)  # 1 h n
+        return torch.addmm(before_item, x, later_tap.T)  # n h
     if not torch.is_grad_enabled() and row.in_long_length_runs:
         return length_runs_conv(conv, x, row, later_tap, before_item)
     if row.few_longer_than(d):
         return long_items_conv(conv, x, row, later_tap, before_item)
-    h = conv(torch.cat([left[None, :, None].expand(-1, -1, d), x], dim=2))  # 1 c (d + n) -> 1 h n
+    h = as_rows(conv(as_time(torch.cat([left.expand(d, -1), x]))))  # (d + n) c -> n h
     crossing = row.crossing(d)  # m
     # index_select: its backward is an index_add, no sort
-    at_starts = torch.addmm(before_item[:, None], later_tap, x[0].index_select(1, crossing))  # h m
-    return h.index_copy(2, crossing, at_starts[None])  # 1 h n
+    at_starts = torch.addmm(before_item, x.index_select(0, crossing), later_tap.T)  # m h
+    return h.index_copy(0, crossing, at_starts)  # n h
 
 
 def length_runs_conv(conv, x, row, later_tap, before_item):
-    """causal_conv in inference over items sorted by length in long runs: 1 c n -> 1 h n. The items of one
-    length t lie side by side in the row, so they are a batch (b, c, t) as they stand (a view). The module runs
+    """causal_conv in inference over items sorted by length in long runs: n c -> n h. The items of one
+    length t lie side by side in the row, so they are a batch (b, c, t) as they stand (a channels-last view of
+    their (b t c) rows, which `ChannelsLastConv1d` convolves without copying). The module runs
     on it unpadded, its outputs the offsets d .. t - 1, each reading its own item only; each item's first
     min(d, t) positions get the later tap plus the all-dot term, as at item starts. Nothing is computed twice or
     thrown away: the fewest multiply-adds of any exact form of the level (on names the packed row replaces a
     quarter of its outputs at dilation 2 and over half at dilation 4). Not with autograd: oneDNN's backward
     over the many small batches of a training step ran at 0.70-0.96x the row's."""
     d = conv.dilation[0]
-    out = x.new_empty(1, conv.out_channels, x.shape[2])
+    out = x.new_empty(len(x), conv.out_channels)
     start = 0
     for length, items in row.length_runs:
         run = slice(start, start + items * length)
-        inputs = x[0, :, run].unflatten(1, (items, length)).transpose(0, 1)  # b c t, a view of the row
-        outputs = out[0, :, run].unflatten(1, (items, length)).transpose(0, 1)  # b h t, a view to write into
+        inputs = rearrange(x[run], "(b t) c -> b t c", t=length)  # a view of the rows
+        outputs = rearrange(out[run], "(b t) h -> b t h", t=length)  # a view to write into
         if length > d:
-            outputs[:, :, d:] = conv(inputs)  # b h (t - d)
+            outputs[:, d:] = rearrange(conv(rearrange(inputs, "b t c -> b c t")), "b h t -> b t h")  # b (t - d) h
         first = min(d, length)
-        at_starts = torch.addmm(before_item[:, None], later_tap,
-                                rearrange(inputs[:, :, :first], "b c t -> c (b t)"))  # h (b first)
-        outputs[:, :, :first] = rearrange(at_starts, "h (b t) -> b h t", t=first)
+        at_starts = torch.addmm(before_item, rearrange(inputs[:, :first], "b t c -> (b t) c"), later_tap.T)
+        outputs[:, :first] = rearrange(at_starts, "(b t) h -> b t h", t=first)  # b first h
         start = run.stop
     return out
 
 
 def long_items_conv(conv, x, row, later_tap, before_item):
-    """causal_conv where few items are longer than the dilation d: 1 c n -> 1 h n. Every position at offset < d
+    """causal_conv where few items are longer than the dilation d: n c -> n h. Every position at offset < d
     reads the all-dot node with its earlier tap (the later tap plus `before_item`, as at item starts); the
     others, each in an item longer than d, come from the module run over the sub-row of those items, unpadded:
     its output j is the sub-row's position j + d, kept only where that position is at offset >= d."""
@@ -232,11 +233,11 @@ def long_items_conv(conv, x, row, later_tap, before_item):
     at_start = row.offset < d  # n
     longer = row.longer_than(d)  # n
     starts = torch.nonzero(at_start).squeeze(1)  # m
-    at_starts = torch.addmm(before_item[:, None], later_tap, x[0].index_select(1, starts))  # h m
-    inside = conv(x.index_select(2, torch.nonzero(longer).squeeze(1)))  # 1 c n_long -> 1 h (n_long - d)
-    # each position's column of [at_starts | inside]: its rank among the item starts, or its sub-row output
+    at_starts = torch.addmm(before_item, x.index_select(0, starts), later_tap.T)  # m h
+    inside = as_rows(conv(as_time(x.index_select(0, torch.nonzero(longer).squeeze(1)))))  # n_long c -> (n_long - d) h
+    # each position's row of [at_starts; inside]: its rank among the item starts, or its sub-row output
     source = torch.where(at_start, torch.cumsum(at_start, 0) - 1, len(starts) + torch.cumsum(longer, 0) - 1 - d)
-    return torch.cat([at_starts, inside[0]], dim=1).index_select(1, source)[None]  # 1 h n
+    return torch.cat([at_starts, inside]).index_select(0, source)  # n h
 
 
 class ConvLevel(nn.Module):
@@ -244,7 +245,7 @@ class ConvLevel(nn.Module):
 
     def __init__(self, in_channels, hidden, dilation):
         super().__init__()
-        self.conv = nn.Conv1d(in_channels, hidden, kernel_size=2, dilation=dilation, bias=False)
+        self.conv = ChannelsLastConv1d(in_channels, hidden, kernel_size=2, dilation=dilation, bias=False)
         self.bn = nn.BatchNorm1d(hidden)
 
     @property
@@ -252,17 +253,18 @@ class ConvLevel(nn.Module):
         return self.conv.dilation[0]
 
     def forward(self, x, row):
-        """1 c n -> 1 h n over the items of a packed row."""
-        return self.activate(causal_conv(self.conv, x, row, self.left_context(x, row)))  # 1 h n
+        """n c -> n h over the items of a packed row."""
+        return self.activate(causal_conv(self.conv, x, row, self.left_context(x, row)))  # n h
 
     def activate(self, h):
-        return tanh(self.batch_norm(h))  # 1 h n
+        h = self.batch_norm(h)  # n h
+        return tanh(h) if torch.is_grad_enabled() else tanh_(h)  # in inference, in place: h is batch norm's own
 
     def activate_pairs(self, table, pairs):
         """Batch norm and tanh on level 0's table, (v v) h -> (v v) h, as on the positions whose pairs are `pairs`
         (n): in eval mode node by node; in training each row's statistics weigh as many positions as hold it."""
         if not self.training:
-            return rearrange(self.activate(rearrange(table, "p h -> 1 h p")), "1 h p -> p h")
+            return self.activate(table)
         counts = torch.bincount(pairs, minlength=len(table)).to(table.dtype)  # (v v)
         return tanh(self.counted_batch_norm(table, counts))
 
@@ -272,7 +274,7 @@ class ConvLevel(nn.Module):
         return all_dot_node(x)
 
     def batch_norm(self, h):
-        """1 h n -> 1 h n: the running statistics in eval mode; in training the batch's, over every position of
+        """n h -> n h: the running statistics in eval mode; in training the batch's, over every position of
         the row (it holds only valid positions).
 
         The lecture normalizes with the unbiased variance, torch's fused kernel with the biased one (m = var_b):
@@ -283,7 +285,7 @@ class ConvLevel(nn.Module):
         bn = self.bn
         if not self.training:
             return F.batch_norm(h, bn.running_mean, bn.running_var, bn.weight, bn.bias, training=False, eps=bn.eps)
-        n = h.shape[0] * h.shape[2]
+        n = h.shape[0]
         if n < 2:
             raise ValueError("batch norm in training needs at least 2 positions; this batch has 1")
         shrink = (n - 1) / n
@@ -331,10 +333,10 @@ class ConvWaveNet(nn.Module):
         pairs = pair_index(tokens, row, self.config.vocab_size)  # n: each position's token pair
         first, *above = self.levels
         table = pair_table(first.conv, self.embedding, self.config.vocab_size)  # (v v) h
-        x = look_up_pairs(first.activate_pairs(table, pairs), pairs)  # 1 h n: level 0's node at every position
+        x = look_up_pairs(first.activate_pairs(table, pairs), pairs)  # n h: level 0's node at every position
         for level in above:
-            x = level(x, row)  # 1 c n -> 1 h n
-        packed_logits = self.head(rearrange(x, "1 h n -> n h"))  # n v
+            x = level(x, row)  # n c -> n h
+        packed_logits = self.head(x)  # n v
         loss = None
         if targets is not None:
             loss = F.cross_entropy(packed_logits, row.pack(targets))

@@ -69,15 +69,15 @@ class FoldedConvWaveNet(nn.Module):
         row = ItemRow.of(idx, targets)
         pairs = pair_index(row.pack(idx), row, self.config.vocab_size)  # n: each position's level-0 pair
         if len(self.levels) == 1:
-            x = look_up_pairs(self.pair_table, pairs)  # 1 h n
+            x = look_up_pairs(self.pair_table, pairs)  # n h
         else:
             # level 1's earlier child ends 2 back; before the item it is the all-dot node, pair ('.', '.') = row 0
             earlier_pairs = torch.where(row.offset >= 2, torch.roll(pairs, 2), 0)  # n
-            x = look_up_pairs(self.level1_earlier, earlier_pairs)  # 1 h n
-            x = tanh_(x.add_(look_up_pairs(self.level1_later, pairs)))  # 1 h n
+            x = look_up_pairs(self.level1_earlier, earlier_pairs)  # n h
+            x = tanh_(x.add_(look_up_pairs(self.level1_later, pairs)))  # n h
         for conv in self.levels[2:]:
-            x = tanh_(causal_conv(conv, x, row, all_dot_node(x)))  # 1 h n
-        return row.unpack(self.head(rearrange(x, "1 h n -> n h")))  # b t v
+            x = tanh_(causal_conv(conv, x, row, all_dot_node(x)))  # n h
+        return row.unpack(self.head(x))  # b t v
 
 
 def folded_conv(level):

@@ -1,0 +1,48 @@
+"""Activations as rows, one per position (n c, channels last), and an nn.Conv1d that convolves them as they lie.
+
+The packed forms keep a level's activations as rows: gathers of table rows, batch norm over positions, the
+output layer and the item-start fixes all read or write whole rows of c contiguous numbers. A run of b equally
+long items is then a contiguous (b t c) block, and its (b, c, t) view is channels-last. Conv1d on such a view
+would first copy it to (b, c, t) contiguous (a transpose with runs of t numbers: on an AMD EPYC (family 25,
+model 17), one thread, 2.4 of the 3.7 ms of a dilation-4 kernel-2 conv over 500 items of 7 positions at 128
+channels). `ChannelsLastConv1d` instead runs it as the 2-d convolution torch itself makes of a Conv1d (height 1),
+in the channels-last (NHWC) layout oneDNN and cuDNN convolve directly, and returns a channels-last (b, h, t)
+view: 1.0 ms there, 98 GFLOP/s, against 1.3 ms for the contiguous conv on input already (b, c, t).
+
+Shape legend: b batch, t time, n positions, c input channels, h output channels, k taps.
+"""
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+def as_time(rows):
+    """n c -> 1 c n: the rows as one item of n positions for a Conv1d (a view, channels-last)."""
+    return rearrange(rows, "n c -> 1 c n")
+
+
+def as_rows(x):
+    """1 h n -> n h: a channels-last Conv1d output as rows (a view)."""
+    return rearrange(x, "1 h n -> n h")
+
+
+def is_channels_last(x):
+    """Whether a (b, c, t) tensor's channels are its fastest-varying dimension, as a view of (b t c) rows is."""
+    b, c, t = x.shape
+    return c > 1 and x.stride(1) == 1 and x.stride(2) == c and (b == 1 or x.stride(0) == t * c)
+
+
+class ChannelsLastConv1d(nn.Conv1d):
+    """An nn.Conv1d (same parameters, state dict and hooks) that convolves channels-last input without copying
+    it: as a 2-d convolution of height 1 in the NHWC layout, output channels-last too. Other input runs the
+    plain Conv1d."""
+
+    def _conv_forward(self, x, weight, bias):
+        if self.padding_mode != "zeros" or isinstance(self.padding, str) or not is_channels_last(x):
+            return super()._conv_forward(x, weight, bias)
+        b, c, t = x.shape
+        # b c 1 t, NHWC, with the strides oneDNN takes as is (a size-1 batch of a view may carry any stride)
+        x = x.as_strided((b, c, 1, t), (t * c, 1, t * c, c))
+        out = F.conv2d(x, rearrange(weight, "h c k -> h c 1 k"), bias,
+                       (1, self.stride[0]), (0, self.padding[0]), (1, self.dilation[0]), self.groups)
+        return rearrange(out, "b h 1 t -> b h t")  # channels-last, as its input
