@@ -5,14 +5,20 @@ t - 2**i, exactly the tree's pair, so the tree over the window ending at t is co
 shared node is computed once.
 
 Every forward packs the batch: the valid positions of every item (target not -1; every position without
-targets) back to back in one row, (1, c, n). No right padding is computed, batch norm's statistics are plain
-sums along time, and each level's Conv1d runs once per forward, over the whole row (or, where few items are
-longer than its dilation, over those items' sub-row). In inference over items sorted by length in long runs
-of one length, as evaluation makes its batches, the Conv1d runs once per length instead, on those items as a
-(b, c, t) batch as they lie in the row (`length_runs_conv`), and no output is replaced. On the AMD EPYC of
-earlier sessions a long row ran oneDNN's kernel-2 convolution at about twice the rate of a batch of short
-rows; on an Intel Xeon (AVX-512) the rate per output is about the same either way (0.76-0.99 us on the row,
-0.98-1.05 on a batch of rows of 7, at 128 channels and dilation 4: two runs of benchmarks/conv_kernel.py).
+targets) back to back in one row, held as rows, one per position: x is (n, c), channels last. No right
+padding is computed, batch norm's statistics are plain sums over the rows, and each level's Conv1d runs once
+per forward, over the whole row as one item (its (1, c, n) view; or, where few items are longer than its
+dilation, over those items' sub-row). In inference over items sorted by length in long runs of one length, as
+evaluation makes its batches, the Conv1d runs once per length instead, on those items as the (b, c, t) batch
+they are in the row (`length_runs_conv`), and no output is replaced.
+
+Why rows: gathers of table rows, batch norm, the output layer and the item-start fixes all read or write whole
+rows, and a run of equally long items is a contiguous (b t c) block whose (b, c, t) view is channels-last,
+which `ChannelsLastConv1d` (channels_last.py) convolves in place as NHWC. With activations as (1, c, n) (the
+previous layout) that view needed a transposing copy before every convolution and after it. A/B on an AMD
+EPYC (family 25, model 17), one thread, the validation split at block 8, two alternating runs (fastest of 5
+timed calls each): the folded form 0.54-0.60 -> 0.71-0.78 M predictions/s, the plain conv's eval 0.31 -> 0.40,
+its training step (4096 predictions) 94-99 -> 110-124 K/s.
 
 The start of an item, exactly and without padding tokens: an item's input is `[., w1 .. wL]`, so its position 0
 holds '.' and at every level its position 0 is the node over an all-'.' window, the all-dot node. The tree's
