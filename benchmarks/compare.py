@@ -62,8 +62,11 @@ FULL = {"block_sizes": [8, 16, 32], "eval_batch_sizes": [256, 512, 1024, 2048, 4
 # a GPU needs far larger batches to be busy; its loop form runs fewer windows (one kernel launch per op)
 FULL_CUDA = FULL | {"eval_batch_sizes": [4096, 16384, 65536], "train_batch_sizes": [1024, 4096, 16384, 65536],
                     "train_predictions": 262144, "loop_windows": 500, "peak_size": 8192}
-QUICK = {"block_sizes": [8], "eval_batch_sizes": [1024], "train_batch_sizes": [1024], "train_predictions": 2048,
-         "loop_windows": 256, "min_run_time": 0.2, "rounds": 3, "peak_size": 512, "eval_items": 500}
+# --quick: two batch sizes, so the tree (fastest at ~1,024) and the packed conv (4,096 and up) each run at one that
+# suits it, as the full sweep lets them; one size for all (1,024) rated the conv below its full-run ratios
+QUICK = {"block_sizes": [8], "eval_batch_sizes": [1024, 4096], "train_batch_sizes": [1024, 4096],
+         "train_predictions": 4096, "loop_windows": 256, "min_run_time": 0.2, "rounds": 3, "peak_size": 512,
+         "eval_items": 500}
 
 
 class AgreementError(AssertionError):
@@ -501,12 +504,12 @@ def parse_args(argv):
     add("--modes", nargs="+", default=list(cw.MODES), choices=cw.MODES, help="eval and/or train")
     add("--eval-batch-sizes", type=int, nargs="+", default=None,
         help="predictions per eval batch to sweep, each form keeps its fastest (CPU default 256 512 1024 2048 "
-             "4096 8192 16384; CUDA 4096 16384 65536; --quick: 1024)")
+             "4096 8192 16384; CUDA 4096 16384 65536; --quick: 1024 4096)")
     add("--train-batch-sizes", type=int, nargs="+", default=None,
         help="predictions per training step to sweep, the lecture trains with 32 (CPU default 256 1024 2048 4096 "
-             "8192 16384; CUDA 1024 4096 16384 65536; --quick: 1024)")
+             "8192 16384; CUDA 1024 4096 16384 65536; --quick: 1024 4096)")
     add("--train-predictions", type=int, default=None,
-        help="predictions per timed training call (CPU default 16384; CUDA 262144; --quick: 2048)")
+        help="predictions per timed training call (CPU default 16384; CUDA 262144; --quick: 4096)")
     add("--eval-items", type=int, default=None,
         help="validation items to evaluate (default 0: the whole validation split; --quick: 500)")
     add("--loop-windows", type=int, default=None,
