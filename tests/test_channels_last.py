@@ -8,11 +8,11 @@ from torch.testing import assert_close
 from wavenet_conv.channels_last import ChannelsLastConv1d, as_rows, as_time, is_channels_last
 
 
-def conv_pair(dilation, bias, seed=0):
+def conv_pair(dilation, bias, seed=0, device="cpu"):
     """A ChannelsLastConv1d and a plain nn.Conv1d with the same weights (float64)."""
     torch.manual_seed(seed)
-    ours = ChannelsLastConv1d(5, 3, kernel_size=2, dilation=dilation, bias=bias).double()
-    plain = nn.Conv1d(5, 3, kernel_size=2, dilation=dilation, bias=bias).double()
+    ours = ChannelsLastConv1d(5, 3, kernel_size=2, dilation=dilation, bias=bias).to(device, torch.float64)
+    plain = nn.Conv1d(5, 3, kernel_size=2, dilation=dilation, bias=bias).to(device, torch.float64)
     plain.load_state_dict(ours.state_dict())
     return ours, plain
 
@@ -20,17 +20,17 @@ def conv_pair(dilation, bias, seed=0):
 @pytest.mark.parametrize("dilation", [1, 2, 4])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_channels_last_input_gives_the_plain_conv1d_result_and_gradients(dilation, bias, batch):
-    ours, plain = conv_pair(dilation, bias)
+def test_channels_last_input_gives_the_plain_conv1d_result_and_gradients(torch_device, dilation, bias, batch):
+    ours, plain = conv_pair(dilation, bias, device=torch_device)
     g = torch.Generator().manual_seed(dilation)
-    rows = torch.randn(batch, 9, 5, dtype=torch.float64, generator=g, requires_grad=True)  # b t c
+    rows = torch.randn(batch, 9, 5, dtype=torch.float64, generator=g).to(torch_device).requires_grad_()  # b t c
     x = rearrange(rows, "b t c -> b c t")  # a channels-last view
     assert is_channels_last(x) and not x.is_contiguous()
     out = ours(x)
     expected = plain(x.contiguous())
     assert_close(out, expected)
     assert is_channels_last(out)  # the NHWC path ran: its output lies as rows too
-    upstream = torch.randn(expected.shape, dtype=torch.float64, generator=g)
+    upstream = torch.randn(expected.shape, dtype=torch.float64, generator=g).to(torch_device)
     grads = torch.autograd.grad(out, [rows, ours.weight], upstream)
     expected_grads = torch.autograd.grad(expected, [rows, plain.weight], upstream)
     for got, want in zip(grads, expected_grads):
