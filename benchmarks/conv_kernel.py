@@ -1,10 +1,15 @@
-"""One conv level's arithmetic three ways, side by side: how fast the convolution kernel itself is on this machine.
+"""One conv level's arithmetic several ways, side by side: how fast the convolution kernel itself is here.
 
     python benchmarks/conv_kernel.py [--device cpu] [--positions 4096] [--rounds 7]
 
-A kernel-2 dilated level of the lecture's width (128 -> 128 channels) over a packed row of n positions:
-- the `nn.Conv1d` module on (1, c, d + n), what ConvWaveNet runs;
-- the same Conv1d on a batch of short rows (b, c, L): names of one length, no padding, no item-start waste;
+A kernel-2 dilated level of the lecture's width (128 -> 128 channels) over a packed row of n positions, and
+over a batch of b rows of L positions (names of one length: no padding, no item-start waste), in the two
+layouts of the activations:
+- rows, (n, c) channels last, what ConvWaveNet holds: `ChannelsLastConv1d` on their (1, c, d + n) view, and on
+  the (b, c, L) view of a run of b equally long items, both convolved as they lie (NHWC);
+- (1, c, n), the layout before the thirteenth session: the plain `nn.Conv1d` on the row, and on the strided
+  (b, c, L) view of a run taken from it (which Conv1d first copies to contiguous memory);
+- a contiguous (b, c, L) batch (the textbook layout; no copy);
 - the same multiply-adds as one matmul: both taps stacked, h (k c) @ (k c) n, which is what the tree's Linear
   layers run.
 Each is timed over interleaved rounds; the rate is the fastest run (other tenants only slow a run), the
@@ -21,20 +26,29 @@ import torch  # noqa: E402
 from einops import rearrange  # noqa: E402
 
 from benchmarks.common import environment, keep_freed_memory, markdown_table, measure, write_json  # noqa: E402
+from wavenet_conv.channels_last import ChannelsLastConv1d, as_time  # noqa: E402
 
 
 def cases(positions, channels, dilation, item_length, device):
     """name -> (callable, outputs it computes); every input is built before timing."""
     g = torch.Generator().manual_seed(0)
-    conv = torch.nn.Conv1d(channels, channels, 2, dilation=dilation).to(device).requires_grad_(False)
-    row = torch.randn(1, channels, dilation + positions, generator=g).to(device)  # left-padded, as causal_conv
+    conv = ChannelsLastConv1d(channels, channels, 2, dilation=dilation).to(device).requires_grad_(False)
     items = positions // item_length
-    batch = torch.randn(items, channels, item_length, generator=g).to(device)  # b c t: no padding, no crossing
+    rows = torch.randn(dilation + positions, channels, generator=g).to(device)  # (d + n) c, left-padded
+    run_rows = rearrange(rows[: items * item_length], "(b t) c -> b c t", t=item_length)  # a channels-last view
+    row = torch.randn(1, channels, dilation + positions, generator=g).to(device)  # (1, c, n), left-padded
+    run_of_row = rearrange(row[0, :, : items * item_length], "c (b t) -> b c t", t=item_length)  # strided view
+    batch = torch.randn(items, channels, item_length, generator=g).to(device)  # b c t, contiguous
     taps = rearrange(conv.weight, "h c k -> h (k c)")  # h (k c): the tree's Linear weight, transposed
     stacked = torch.randn(2 * channels, positions, generator=g).to(device)  # (k c) n
+    run_outputs = items * (item_length - dilation)
     return {
-        "Conv1d over the row (1, c, d + n)": (lambda: conv(row), positions),
-        f"Conv1d over a batch of rows ({items}, c, {item_length})": (lambda: conv(batch), items * (item_length - dilation)),
+        "rows: ChannelsLastConv1d over the row's (1, c, d + n) view": (lambda: conv(as_time(rows)), positions),
+        f"rows: ChannelsLastConv1d over a run's ({items}, c, {item_length}) view": (lambda: conv(run_rows), run_outputs),
+        "(1, c, n): Conv1d over the row": (lambda: conv(row), positions),
+        f"(1, c, n): Conv1d over a run's ({items}, c, {item_length}) view, copied first": (lambda: conv(run_of_row),
+                                                                                            run_outputs),
+        f"Conv1d over a contiguous batch ({items}, c, {item_length})": (lambda: conv(batch), run_outputs),
         "matmul of the stacked taps, h (k c) @ (k c) n": (lambda: torch.addmm(conv.bias[:, None], taps, stacked), positions),
     }
 

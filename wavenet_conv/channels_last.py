@@ -3,11 +3,12 @@
 The packed forms keep a level's activations as rows: gathers of table rows, batch norm over positions, the
 output layer and the item-start fixes all read or write whole rows of c contiguous numbers. A run of b equally
 long items is then a contiguous (b t c) block, and its (b, c, t) view is channels-last. Conv1d on such a view
-would first copy it to (b, c, t) contiguous (a transpose with runs of t numbers: on an AMD EPYC (family 25,
-model 17), one thread, 2.4 of the 3.7 ms of a dilation-4 kernel-2 conv over 500 items of 7 positions at 128
-channels). `ChannelsLastConv1d` instead runs it as the 2-d convolution torch itself makes of a Conv1d (height 1),
-in the channels-last (NHWC) layout oneDNN and cuDNN convolve directly, and returns a channels-last (b, h, t)
-view: 1.0 ms there, 98 GFLOP/s, against 1.3 ms for the contiguous conv on input already (b, c, t).
+would first copy it to (b, c, t) contiguous (a transpose with runs of t numbers). `ChannelsLastConv1d` instead
+runs it as the 2-d convolution torch itself makes of a Conv1d (height 1), in the channels-last (NHWC) layout
+oneDNN and cuDNN convolve directly, and returns a channels-last (b, h, t) view. `python benchmarks/conv_kernel.py
+--rounds 7`, twice, on an AMD EPYC (family 25, model 17), one thread, a dilation-4 level at 128 channels over
+585 items of 7 positions: 1.24-1.25 ms (92 GFLOP/s) here, against 1.82-1.84 ms (63) for Conv1d on the same run
+taken from a (1, c, n) row and 1.51-1.53 ms (75-76) on a contiguous (b, c, t) batch.
 
 Shape legend: b batch, t time, n positions, c input channels, h output channels, k taps.
 """
