@@ -103,7 +103,7 @@ def write_json(obj, path=None):
 
 def available_devices(choice):
     """'all' means CPU plus CUDA when a GPU really answers."""
-    from wavenet_conv.device import cuda_works, resolve_device
+    from wavenet_conv.utils.device import cuda_works, resolve_device
 
     if choice == "all":
         devices = ["cpu"] + (["cuda"] if cuda_works() else [])

@@ -30,17 +30,15 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch  # noqa: E402
 
 from benchmarks import compare_workloads as cw  # noqa: E402
-from benchmarks.common import (  # noqa: E402
-    available_devices, environment, keep_freed_memory, markdown_table, measure, write_json,
-)
-from wavenet_conv.config import ModelConfig  # noqa: E402
-from wavenet_conv.conv import ConvWaveNet  # noqa: E402
-from wavenet_conv.data import (  # noqa: E402
-    DEFAULT_INPUT, IGNORE_INDEX, Vocab, build_windows, encode_items, pad_items, read_words, split_words,
-)
-from wavenet_conv.errors import UserError, exit_on_user_error  # noqa: E402
-from wavenet_conv.plot import pyplot  # noqa: E402
-from wavenet_conv.tree import TreeWaveNet  # noqa: E402
+from benchmarks.common import (available_devices, environment, keep_freed_memory, markdown_table, measure,  # noqa: E402
+                               write_json)
+from wavenet_conv.data.words import (DEFAULT_INPUT, IGNORE_INDEX, Vocab, build_windows, encode_items, pad_items,
+                                     read_words, split_words)
+from wavenet_conv.models.config import ModelConfig  # noqa: E402
+from wavenet_conv.models.conv import ConvWaveNet  # noqa: E402
+from wavenet_conv.models.tree import TreeWaveNet  # noqa: E402
+from wavenet_conv.training.plot import pyplot  # noqa: E402
+from wavenet_conv.utils.errors import UserError, exit_on_user_error  # noqa: E402
 
 # the issues' targets: (device, block_size, ratio or throughput key, at least for the plain ConvWaveNet,
 # at least for the fastest conv form); None: no target for that form

@@ -24,9 +24,10 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from wavenet_conv.conv import ConvWaveNet, ItemRow
-from wavenet_conv.data import IGNORE_INDEX, bucketed_batches, build_windows, pad_items
-from wavenet_conv.folded import FoldedConvWaveNet
+from wavenet_conv.data.words import IGNORE_INDEX, bucketed_batches, build_windows, pad_items
+from wavenet_conv.models.conv import ConvWaveNet
+from wavenet_conv.models.folded import FoldedConvWaveNet
+from wavenet_conv.models.packing import ItemRow
 
 FORMS = ("loop", "tree", "conv", "conv_folded")
 CONV_FORMS = ("conv", "conv_folded")

@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from einops import rearrange  # noqa: E402
 
 from benchmarks.common import environment, keep_freed_memory, markdown_table, measure, write_json  # noqa: E402
-from wavenet_conv.channels_last import ChannelsLastConv1d, as_time  # noqa: E402
+from wavenet_conv.models.channels_last import ChannelsLastConv1d, as_time  # noqa: E402
 
 
 def cases(positions, channels, dilation, item_length, device):

@@ -4,6 +4,7 @@ the first convolution, and cuDNN planning for new input lengths (packed training
     python benchmarks/gpu_startup.py      (on a machine with a GPU)
 """
 import time
+
 t0 = time.perf_counter()
 import torch  # noqa: E402  (timed)
 

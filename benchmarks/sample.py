@@ -22,15 +22,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import torch  # noqa: E402
 
-from benchmarks.common import (  # noqa: E402
-    available_devices, environment, keep_freed_memory, markdown_table, measure, write_json,
-)
-from wavenet_conv.checkpoint import load  # noqa: E402
-from wavenet_conv.config import ModelConfig  # noqa: E402
-from wavenet_conv.conv import ConvWaveNet  # noqa: E402
-from wavenet_conv.data import Vocab  # noqa: E402
-from wavenet_conv.plot import pyplot  # noqa: E402
-from wavenet_conv.sample import METHODS, sample  # noqa: E402
+from benchmarks.common import (available_devices, environment, keep_freed_memory, markdown_table, measure,  # noqa: E402
+                               write_json)
+from wavenet_conv.data.words import Vocab  # noqa: E402
+from wavenet_conv.inference.sampling import METHODS, sample  # noqa: E402
+from wavenet_conv.models.checkpoint import load  # noqa: E402
+from wavenet_conv.models.config import ModelConfig  # noqa: E402
+from wavenet_conv.models.conv import ConvWaveNet  # noqa: E402
+from wavenet_conv.training.plot import pyplot  # noqa: E402
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 NAMES_MEAN_LENGTH = 6.1  # names.txt: 32033 names, 196113 characters

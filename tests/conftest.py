@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from wavenet_conv.data import Vocab, build_windows, read_words, split_words
-from wavenet_conv.device import cuda_works, use_exact_float32_convolutions
-from wavenet_conv.tree import TreeWaveNet
+from wavenet_conv.data.words import Vocab, build_windows, read_words, split_words
+from wavenet_conv.models.tree import TreeWaveNet
+from wavenet_conv.utils.device import cuda_works, use_exact_float32_convolutions
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES_CANDIDATES = (REPO / "data" / "names.txt", REPO.parent / "shared" / "data" / "names.txt")

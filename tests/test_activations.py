@@ -3,8 +3,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from wavenet_conv import activations
-from wavenet_conv.activations import SigmoidTanh, tanh, tanh_
+from wavenet_conv.models import activations
+from wavenet_conv.models.activations import SigmoidTanh, tanh, tanh_
 
 
 @pytest.fixture(params=[True, False], ids=["sigmoid-form", "torch-tanh"])

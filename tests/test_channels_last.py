@@ -5,7 +5,7 @@ from einops import rearrange
 from torch import nn
 from torch.testing import assert_close
 
-from wavenet_conv.channels_last import ChannelsLastConv1d, as_rows, as_time, is_channels_last
+from wavenet_conv.models.channels_last import ChannelsLastConv1d, as_rows, as_time, is_channels_last
 
 
 def conv_pair(dilation, bias, seed=0, device="cpu"):

@@ -10,9 +10,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import compare
 from benchmarks import compare_workloads as cw
-from wavenet_conv import conv as conv_module
-from wavenet_conv.config import ModelConfig
-from wavenet_conv.data import build_windows
+from wavenet_conv.data.words import build_windows
+from wavenet_conv.models import packing
+from wavenet_conv.models.config import ModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -112,7 +112,7 @@ def test_analytic_macs_match_a_flop_counter(words, vocab, block_size, length_run
     counted too, which torch's counter leaves out by default), in eval and in training; in eval on the packed
     row, and over length runs (conv.length_runs_conv: every run counts as long here)."""
     if length_runs:
-        monkeypatch.setattr(conv_module, "LENGTH_RUN_POSITIONS", 1)
+        monkeypatch.setattr(packing, "LENGTH_RUN_POSITIONS", 1)
     aten = torch.ops.aten
     mapping = {aten.addmm_: lambda c, a, b, *args, out_shape=None, **kw: 2 * a[0] * a[1] * b[1],
                aten.mv: lambda a, b, *args, out_shape=None, **kw: 2 * a[0] * a[1]}
@@ -123,7 +123,7 @@ def test_analytic_macs_match_a_flop_counter(words, vocab, block_size, length_run
     tree = compare.seeded_tree(config, 0, build_windows(data["train_words"], vocab, block_size))
     models = cw.build_models(tree)
     chunks, _ = cw.item_chunks(data["items"], 256, torch.device("cpu"), torch.Generator().manual_seed(0))
-    runs = [conv_module.ItemRow.of(x, y).in_long_length_runs for x, y in chunks]
+    runs = [packing.ItemRow.of(x, y).in_long_length_runs for x, y in chunks]
     assert all(runs) if length_runs else not any(runs)  # the benchmark's batches are sorted by length
     for form in cw.FORMS:
         workload = cw.eval_workload(form, models[form], config, data, 256)
@@ -146,8 +146,8 @@ else:  # glibc's starting thresholds, held fixed: its dynamic threshold sometime
     import ctypes, ctypes.util
     mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
     took = bool(mallopt(-3, 128 * 1024)) and bool(mallopt(-1, 128 * 1024))
-from wavenet_conv.config import ModelConfig
-from wavenet_conv.tree import TreeWaveNet
+from wavenet_conv.models.config import ModelConfig
+from wavenet_conv.models.tree import TreeWaveNet
 torch.set_num_threads(1)
 tree = TreeWaveNet(ModelConfig(27, 8, 24, 128)).eval()
 x = torch.randint(0, 27, (1024, 8), generator=torch.Generator().manual_seed(0))

@@ -1,7 +1,7 @@
 """ModelConfig: valid values give the right number of levels, invalid ones a ValueError naming the field."""
 import pytest
 
-from wavenet_conv.config import ModelConfig
+from wavenet_conv.models.config import ModelConfig
 
 
 @pytest.mark.parametrize("block_size, n_levels", [(2, 1), (4, 2), (8, 3), (16, 4), (32, 5)])

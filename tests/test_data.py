@@ -7,21 +7,11 @@ import sys
 import pytest
 import torch
 
-from wavenet_conv.data import (
-    IGNORE_INDEX,
-    NAMES_SHA256,
-    Vocab,
-    bucketed_batches,
-    build_windows,
-    count_predictions,
-    encode_items,
-    main,
-    pad_items,
-    read_words,
-    sha256_of,
-    split_words,
-)
-from wavenet_conv.errors import DatasetError
+from wavenet_conv.data.__main__ import main
+from wavenet_conv.data.download import NAMES_SHA256, sha256_of
+from wavenet_conv.data.words import (IGNORE_INDEX, Vocab, bucketed_batches, build_windows, count_predictions,
+                                     encode_items, pad_items, read_words, split_words)
+from wavenet_conv.utils.errors import DatasetError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -9,12 +9,12 @@ from test_ensemble import TRAIN_FLAGS, VOCAB, WORDS
 from test_train import assert_user_error, run
 
 from wavenet_conv import sweep
-from wavenet_conv.checkpoint import load_checkpoint
-from wavenet_conv.config import ModelConfig
-from wavenet_conv.conv import ConvWaveNet
-from wavenet_conv.data import IGNORE_INDEX, encode_items, pad_items
-from wavenet_conv.distill import TeacherTargets
-from wavenet_conv.recipes import get_recipe
+from wavenet_conv.data.words import IGNORE_INDEX, encode_items, pad_items
+from wavenet_conv.models.checkpoint import load_checkpoint
+from wavenet_conv.models.config import ModelConfig
+from wavenet_conv.models.conv import ConvWaveNet
+from wavenet_conv.training.distill import TeacherTargets
+from wavenet_conv.training.recipes import get_recipe
 
 CONFIG = ModelConfig(vocab_size=len(VOCAB), block_size=4, n_embd=4, n_hidden=8)
 

@@ -9,16 +9,17 @@ import torch.nn.functional as F
 from test_train import assert_user_error, run
 
 import wavenet_conv
-from wavenet_conv import evaluate, sample as sample_module
-from wavenet_conv.checkpoint import load_checkpoint, save_checkpoint
-from wavenet_conv.config import ModelConfig
-from wavenet_conv.conv import ConvWaveNet
-from wavenet_conv.data import IGNORE_INDEX, Vocab, build_windows, encode_items, pad_items, read_words, split_words
-from wavenet_conv.ensemble import EnsembleWaveNet
-from wavenet_conv.errors import CheckpointError
-from wavenet_conv.evaluate import split_loss
-from wavenet_conv.gated_conv import GatedConvWaveNet
-from wavenet_conv.sample import METHODS, SampleError, sample
+from wavenet_conv import evaluate
+from wavenet_conv import sample as sample_module
+from wavenet_conv.data.words import IGNORE_INDEX, Vocab, build_windows, encode_items, pad_items, read_words, split_words
+from wavenet_conv.inference.evaluation import split_loss
+from wavenet_conv.inference.sampling import METHODS, SampleError, sample
+from wavenet_conv.models.checkpoint import load_checkpoint, save_checkpoint
+from wavenet_conv.models.config import ModelConfig
+from wavenet_conv.models.conv import ConvWaveNet
+from wavenet_conv.models.ensemble import EnsembleWaveNet
+from wavenet_conv.models.gated_conv import GatedConvWaveNet
+from wavenet_conv.utils.errors import CheckpointError
 
 WORDS = ["ava", "emma", "liam", "noah", "mia", "ella", "leo", "luna", "ivy", "max", "zoe", "eli", "amelia", "oliver",
          "isla", "theo", "ruby", "jack", "nora", "finn", "lily", "owen", "cora", "hugo", "iris", "jude", "maya", "axel"]

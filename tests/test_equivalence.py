@@ -14,11 +14,12 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch.testing import assert_close
 
-from wavenet_conv.config import ModelConfig
-from wavenet_conv import conv as conv_module
-from wavenet_conv.conv import ConvWaveNet, ItemRow
-from wavenet_conv.data import IGNORE_INDEX, Vocab, build_windows, encode_items, pad_items
-from wavenet_conv.folded import FoldedConvWaveNet
+from wavenet_conv.data.words import IGNORE_INDEX, Vocab, build_windows, encode_items, pad_items
+from wavenet_conv.models import packing
+from wavenet_conv.models.config import ModelConfig
+from wavenet_conv.models.conv import ConvWaveNet
+from wavenet_conv.models.folded import FoldedConvWaveNet
+from wavenet_conv.models.packing import ItemRow
 
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
 LARGE_GAP = 1e-2  # a broken conv misses by at least this much; the tolerances above are far below it
@@ -263,9 +264,9 @@ def test_receptive_field_is_exactly_the_window(make_random_tree, block_size, mon
     idx = torch.randint(0, len(VOCAB), (2, 2 * block_size + 1), generator=torch.Generator().manual_seed(9))
     idx[:, 0] = 0  # items start with '.'
     probe = torch.zeros(2, idx.shape[1], conv.config.n_hidden, dtype=torch.float64, requires_grad=True)
-    look_up = conv_module.look_up_pairs
+    look_up = packing.look_up_pairs
     # the conv runs the batch packed as rows, one per position: (b t) h
-    monkeypatch.setattr(conv_module, "look_up_pairs",
+    monkeypatch.setattr(packing, "look_up_pairs",
                         lambda *args: look_up(*args) + rearrange(probe, "b t h -> (b t) h"))
     logits = conv(idx)[0]  # b t v
     for t in range(idx.shape[1]):
@@ -401,7 +402,7 @@ def test_inference_over_length_runs_runs_each_module_once_per_length(make_random
     once per length longer than its dilation, on those items as they lie in the row, unpadded: (b, c, t) ->
     (b, h, t - d). The logits are the token-prefix ones, in the conv and in the folded form; with autograd on,
     the row runs as before."""
-    monkeypatch.setattr(conv_module, "LENGTH_RUN_POSITIONS", 1)
+    monkeypatch.setattr(packing, "LENGTH_RUN_POSITIONS", 1)
     conv = ConvWaveNet.from_tree(make_random_tree(small_config(block_size), seed=41)).eval()
     x, y = pad_items(encode_items(length_sorted_words(block_size, seed=41), VOCAB))
     valid = y != IGNORE_INDEX
@@ -438,7 +439,7 @@ def zeros_before_items(x, row):
 def unfixed_first_pairs(conv, monkeypatch):
     """Broken on purpose: level 0 pairs each item's first '.' with the token before it in the packed row (the
     item before's last one), not with the '.' before the item."""
-    monkeypatch.setattr(conv_module, "pair_index", lambda tokens, row, v: torch.roll(tokens, 1) * v + tokens)
+    monkeypatch.setattr(packing, "pair_index", lambda tokens, row, v: torch.roll(tokens, 1) * v + tokens)
     return conv
 
 
@@ -469,7 +470,7 @@ def test_control_wrong_activations_before_items_fail_the_check(make_random_tree,
 def test_control_zeros_before_items_fail_over_length_runs_too(make_random_tree, block_size, monkeypatch):
     """The length-run path reads the all-dot node through the same left context: zeros there break it at the
     first block_size - 1 positions of every item, as on the row."""
-    monkeypatch.setattr(conv_module, "LENGTH_RUN_POSITIONS", 1)
+    monkeypatch.setattr(packing, "LENGTH_RUN_POSITIONS", 1)
     conv = ConvWaveNet.from_tree(make_random_tree(small_config(block_size), seed=45)).eval()
     x, y = pad_items(encode_items(length_sorted_words(block_size, seed=45), VOCAB))
     valid = y != IGNORE_INDEX

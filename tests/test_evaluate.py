@@ -5,10 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wavenet_conv.config import ModelConfig
-from wavenet_conv.conv import ConvWaveNet
-from wavenet_conv.data import Vocab, build_windows, count_predictions, encode_items
-from wavenet_conv.evaluate import SplitEvaluator, item_batches, main, split_loss
+from wavenet_conv.data.words import Vocab, build_windows, count_predictions, encode_items
+from wavenet_conv.evaluate import main
+from wavenet_conv.inference.evaluation import SplitEvaluator, item_batches, split_loss
+from wavenet_conv.models.config import ModelConfig
+from wavenet_conv.models.conv import ConvWaveNet
 
 
 def random_words(n, seed, alphabet="abcdefg'. "):

@@ -12,24 +12,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from test_equivalence import (
-    LARGE_GAP, TOLERANCE, VOCAB, assert_causal_with_exactly_the_window, assert_equivalent, backward_summed_losses,
-    logit_gaps, max_logit_gap, random_words,
-)
+from test_equivalence import (LARGE_GAP, TOLERANCE, VOCAB, assert_causal_with_exactly_the_window, assert_equivalent,
+                              backward_summed_losses, logit_gaps, max_logit_gap, random_words)
 from test_train import TINY, run, syllable_words
 from torch.testing import assert_close
 
 import wavenet_conv
-from wavenet_conv.checkpoint import load, model_from_checkpoint, save_checkpoint
-from wavenet_conv.config import ModelConfig
-from wavenet_conv.data import IGNORE_INDEX, Vocab, build_windows, encode_items, pad_items
-from wavenet_conv.evaluate import SplitEvaluator
-from wavenet_conv.conv import causal_pad
-from wavenet_conv.gated_conv import (
-    GatedConvLevel, GatedConvWaveNet, tree_to_conv_layout, weight_pairs,
-)
-from wavenet_conv.gated_tree import GatedTreeWaveNet
-from wavenet_conv.sample import SampleError, sample
+from wavenet_conv.data.words import IGNORE_INDEX, Vocab, build_windows, encode_items, pad_items
+from wavenet_conv.inference.evaluation import SplitEvaluator
+from wavenet_conv.inference.sampling import SampleError, sample
+from wavenet_conv.models.checkpoint import load, model_from_checkpoint, save_checkpoint
+from wavenet_conv.models.config import ModelConfig
+from wavenet_conv.models.gated_conv import (GatedConvLevel, GatedConvWaveNet, causal_pad, tree_to_conv_layout,
+                                            weight_pairs)
+from wavenet_conv.models.gated_tree import GatedTreeWaveNet
 
 BLOCK_SIZES = [2, 4, 8, 16, 32]
 
@@ -252,7 +248,7 @@ def test_checkpoint_round_trip_builds_the_gated_class(tmp_path, form):
 
 
 def test_old_checkpoint_config_without_arch_loads_the_lecture_model(make_random_tree):
-    from wavenet_conv.conv import ConvWaveNet
+    from wavenet_conv.models.conv import ConvWaveNet
 
     conv = ConvWaveNet.from_tree(make_random_tree(ModelConfig(len(VOCAB), 4, 3, 5)))
     old_config = {k: v for k, v in conv.config.to_dict().items() if k not in ("arch", "dropout")}

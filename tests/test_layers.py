@@ -4,10 +4,9 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from wavenet_conv.config import ModelConfig
-from wavenet_conv.layers import BatchNorm1d, Embedding, FlattenConsecutive, Linear, Sequential, Tanh
-from wavenet_conv.tree import TreeWaveNet
-
+from wavenet_conv.models.config import ModelConfig
+from wavenet_conv.models.layers import BatchNorm1d, Embedding, FlattenConsecutive, Linear, Sequential, Tanh
+from wavenet_conv.models.tree import TreeWaveNet
 
 # ---- TreeWaveNet: the lecture's model, weights and first loss ----
 

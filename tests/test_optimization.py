@@ -5,10 +5,10 @@ import io
 import pytest
 import torch
 
-from wavenet_conv.config import ModelConfig
-from wavenet_conv.conv import ConvWaveNet
-from wavenet_conv.optimization import learning_rate_multiplier, make_optimizer, make_scheduler
-from wavenet_conv.recipes import get_recipe
+from wavenet_conv.models.config import ModelConfig
+from wavenet_conv.models.conv import ConvWaveNet
+from wavenet_conv.training.optimization import learning_rate_multiplier, make_optimizer, make_scheduler
+from wavenet_conv.training.recipes import get_recipe
 
 
 def model_and_batches(seed=0, n_batches=6):

@@ -8,14 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from wavenet_conv.cache import IncrementalWaveNet
-from wavenet_conv.checkpoint import save_checkpoint
-from wavenet_conv.config import ModelConfig
-from wavenet_conv.conv import ConvWaveNet
-from wavenet_conv.data import Vocab, split_words
-from wavenet_conv.errors import UserError
-from wavenet_conv.folded import FoldedConvWaveNet
-from wavenet_conv.sample import METHODS, SampleError, decode_names, main, next_tokens, sample
+from wavenet_conv.data.words import Vocab, split_words
+from wavenet_conv.inference.sampling import METHODS, SampleError, decode_names, next_tokens, sample
+from wavenet_conv.models.checkpoint import save_checkpoint
+from wavenet_conv.models.config import ModelConfig
+from wavenet_conv.models.conv import ConvWaveNet
+from wavenet_conv.models.folded import FoldedConvWaveNet
+from wavenet_conv.models.incremental import IncrementalWaveNet
+from wavenet_conv.sample import main
+from wavenet_conv.utils.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 LETTERS = "abcdefghijklmnopqrstuvwxyz"

@@ -5,10 +5,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from test_train import assert_user_error, syllable_words
+
 from wavenet_conv import train
-from wavenet_conv.plot import lowest_loss_frontier
+from wavenet_conv.training.plot import lowest_loss_frontier
 
 optuna = pytest.importorskip("optuna")
 from wavenet_conv import sweep  # noqa: E402  (after the skip: the sweep needs optuna)

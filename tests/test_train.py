@@ -14,14 +14,14 @@ import torch
 
 import wavenet_conv
 from wavenet_conv import train
-from wavenet_conv import trainer as trainer_module
-from wavenet_conv.checkpoint import link_checkpoint, load_checkpoint, save_checkpoint
-from wavenet_conv.config import ModelConfig
-from wavenet_conv.data import Vocab
-from wavenet_conv.optimization import learning_rate_multiplier, make_optimizer, make_scheduler
-from wavenet_conv.recipes import get_recipe
-from wavenet_conv.trainer import Trainer, count_parameters
-from wavenet_conv.tree import TreeWaveNet
+from wavenet_conv.data.words import Vocab
+from wavenet_conv.models.checkpoint import link_checkpoint, load_checkpoint, save_checkpoint
+from wavenet_conv.models.config import ModelConfig
+from wavenet_conv.models.tree import TreeWaveNet
+from wavenet_conv.training import trainer as trainer_module
+from wavenet_conv.training.optimization import learning_rate_multiplier, make_optimizer, make_scheduler
+from wavenet_conv.training.recipes import get_recipe
+from wavenet_conv.training.trainer import Trainer, count_parameters
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--n-embd", "4", "--n-hidden", "12", "--block-size", "4", "--batch-size", "16", "--eval-interval", "10",
@@ -112,8 +112,8 @@ def test_every_output_is_written_and_reloads(tmp_path, words_file, capsys):
     assert not model.training
     assert summary["params"] == sum(p.numel() for p in model.parameters())
     # the summary reports the kept model: re-evaluating it gives its validation loss again
-    from wavenet_conv.data import read_words, split_words
-    from wavenet_conv.evaluate import split_loss
+    from wavenet_conv.data.words import read_words, split_words
+    from wavenet_conv.inference.evaluation import split_loss
 
     val_words = split_words(read_words(words_file))[1]
     torch.testing.assert_close(split_loss(model, val_words, vocab), summary["val_loss"])

@@ -42,12 +42,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from wavenet_conv import train
-from wavenet_conv.data import DEFAULT_INPUT
-from wavenet_conv.errors import UserError, exit_on_user_error
-from wavenet_conv.files import write_atomically
-from wavenet_conv.plot import plot_loss_vs_params, pyplot
-from wavenet_conv.recipes import RECIPES, get_recipe
-from wavenet_conv.trainer import count_parameters, create_model
+from wavenet_conv.data.words import DEFAULT_INPUT
+from wavenet_conv.training.plot import plot_loss_vs_params, pyplot
+from wavenet_conv.training.recipes import RECIPES, get_recipe
+from wavenet_conv.training.trainer import count_parameters, create_model
+from wavenet_conv.utils.errors import UserError, exit_on_user_error
+from wavenet_conv.utils.files import write_atomically
 
 ARCHS = ("lecture", "gated")
 DEFAULT_ARCH = "lecture"  # the train command's, so a sweep of lecture trials never passes --arch
@@ -288,7 +288,7 @@ def open_study(args, optuna, settings, prune_from=0):
 
 
 def trial_sampler(seed):
-    from wavenet_conv.trial_sampler import TrialSeededTPE
+    from wavenet_conv.training.trial_sampler import TrialSeededTPE
 
     return TrialSeededTPE(seed)
 

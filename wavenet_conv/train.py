@@ -36,16 +36,16 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from wavenet_conv.checkpoint import CHECKPOINT_NAME, load, load_checkpoint
-from wavenet_conv.config import ARCHS
-from wavenet_conv.data import DEFAULT_INPUT, Vocab, encode_items, read_words, split_words
-from wavenet_conv.device import DEVICE_CHOICES, resolve_device
-from wavenet_conv.distill import TeacherTargets
-from wavenet_conv.errors import CheckpointError, UserError, exit_on_user_error
-from wavenet_conv.evaluate import SPLIT_NAMES, SplitEvaluator, check_vocab
-from wavenet_conv.files import write_atomically
-from wavenet_conv.recipes import DEFAULT_RECIPE, RECIPES, Recipe, get_recipe
-from wavenet_conv.trainer import RESUME_NAME, Trainer, count_parameters, model_config, output_is_terminal
+from wavenet_conv.data.words import DEFAULT_INPUT, Vocab, encode_items, read_words, split_words
+from wavenet_conv.inference.evaluation import SPLIT_NAMES, SplitEvaluator, check_vocab
+from wavenet_conv.models.checkpoint import CHECKPOINT_NAME, load, load_checkpoint
+from wavenet_conv.models.config import ARCHS
+from wavenet_conv.training.distill import TeacherTargets
+from wavenet_conv.training.recipes import DEFAULT_RECIPE, RECIPES, Recipe, get_recipe
+from wavenet_conv.training.trainer import RESUME_NAME, Trainer, count_parameters, model_config, output_is_terminal
+from wavenet_conv.utils.device import DEVICE_CHOICES, resolve_device
+from wavenet_conv.utils.errors import CheckpointError, UserError, exit_on_user_error
+from wavenet_conv.utils.files import write_atomically
 
 # flags that may change when a run is resumed; the others describe the run itself and must match its checkpoint
 RESUMABLE = ("max_steps", "epochs", "eval_interval", "log_interval")
@@ -206,7 +206,7 @@ def train_and_report(args, argv, started, on_validation=None):
     vocab, splits = load_data(args.input_file)
     recipe, seed, resume_state = plan_run(args, vocab, work_dir)
     if recipe.members > 1:
-        from wavenet_conv.members import train_ensemble  # it imports this module
+        from wavenet_conv.training.members import train_ensemble
 
         return train_ensemble(args, argv, started, device, recipe, seed, vocab, splits, on_validation)
     teacher, teacher_facts = distillation_teacher(args, recipe, seed, vocab, splits, device) if recipe.distill else (None, None)
@@ -231,7 +231,7 @@ def train_and_report(args, argv, started, on_validation=None):
     losses = final_losses(model, splits, vocab)
     print(losses_line(losses, f"model of step {kept_step}") + f"; {trainer.step} steps in {seconds:.1f} s"
           + (f"; target reached at {trainer.seconds_to_target:.1f} s" if trainer.seconds_to_target else ""))
-    from wavenet_conv.plot import plot_losses
+    from wavenet_conv.training.plot import plot_losses
 
     plot_losses(trainer.train_losses, trainer.val_points, work_dir / "loss.png",
                 title=f"{recipe.name} recipe, {recipe.model}, {recipe.arch}, {params:,} parameters")
@@ -369,7 +369,7 @@ def sample_only(args, device):
 
 def write_samples(model, vocab, train_words, path, num_samples, seed):
     """Sampled names, one per line, each marked as in the training set or new."""
-    from wavenet_conv.sample import sample
+    from wavenet_conv.inference.sampling import sample
 
     generator = torch.Generator().manual_seed(seed)
     max_len = 2 * max(map(len, train_words))

@@ -17,8 +17,13 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from wavenet_conv.conv import causal_pad
-from wavenet_conv.data import IGNORE_INDEX
+from wavenet_conv.data.words import IGNORE_INDEX
+
+
+def causal_pad(x, dilation):
+    """`dilation` copies of position 0 (the all-dot node) in front of each item of a padded batch (the gated
+    arch's layout): b c t -> b c (dilation + t)."""
+    return torch.cat([x[:, :, :1].expand(-1, -1, dilation), x], dim=2)
 
 
 class GatedConvLevel(nn.Module):
@@ -78,7 +83,7 @@ class GatedConvWaveNet(nn.Module):
 
     def to_tree(self):
         """The tree form of this model: the exact inverse of from_tree."""
-        from wavenet_conv.gated_tree import GatedTreeWaveNet
+        from wavenet_conv.models.gated_tree import GatedTreeWaveNet
 
         tree = GatedTreeWaveNet(self.config).to(device=self.head.weight.device, dtype=self.head.weight.dtype)
         copy_weights(tree, self, to_conv=False)

@@ -1,7 +1,7 @@
 """Choosing the torch device from a `--device auto|cpu|cuda` flag."""
 import torch
 
-from wavenet_conv.errors import UserError
+from wavenet_conv.utils.errors import UserError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 

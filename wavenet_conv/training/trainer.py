@@ -18,14 +18,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from wavenet_conv.batches import training_batches
-from wavenet_conv.checkpoint import (
-    CHECKPOINT_NAME, link_checkpoint, load_checkpoint, model_classes, model_from_checkpoint, save_checkpoint,
-)
-from wavenet_conv.config import ModelConfig
-from wavenet_conv.errors import CheckpointError, UserError
-from wavenet_conv.evaluate import SplitEvaluator
-from wavenet_conv.optimization import make_optimizer, make_scheduler
+from wavenet_conv.inference.evaluation import SplitEvaluator
+from wavenet_conv.models.checkpoint import (CHECKPOINT_NAME, link_checkpoint, load_checkpoint, model_from_checkpoint,
+                                            save_checkpoint)
+from wavenet_conv.models.config import ModelConfig
+from wavenet_conv.models.registry import model_classes
+from wavenet_conv.training.batches import training_batches
+from wavenet_conv.training.optimization import make_optimizer, make_scheduler
+from wavenet_conv.utils.errors import CheckpointError, UserError
 
 RESUME_NAME = "last.pt"
 SAVE_EVERY_S = 30  # last.pt is never older than this while training runs

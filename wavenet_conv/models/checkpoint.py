@@ -12,44 +12,15 @@ from pathlib import Path
 
 import torch
 
-from wavenet_conv.config import ModelConfig
-from wavenet_conv.data import Vocab
-from wavenet_conv.errors import CheckpointError
-from wavenet_conv.files import write_atomically
+from wavenet_conv.data.words import Vocab
+from wavenet_conv.models.config import ModelConfig
+from wavenet_conv.models.ensemble import EnsembleWaveNet, model_type_of
+from wavenet_conv.models.registry import MODEL_TYPES, build_model
+from wavenet_conv.utils.errors import CheckpointError
+from wavenet_conv.utils.files import write_atomically
 
 CHECKPOINT_NAME = "model.pt"
-MODEL_TYPES = ("conv", "tree")  # single models; an ensemble's members are of these
 MODEL_KEYS = ("model_type", "config", "model")  # what a checkpoint stores of a model, and of each ensemble member
-
-
-def model_classes(arch):
-    """(tree class, conv class) of an architecture: the two forms of one model."""
-    from wavenet_conv.conv import ConvWaveNet
-    from wavenet_conv.gated_conv import GatedConvWaveNet
-    from wavenet_conv.gated_tree import GatedTreeWaveNet
-    from wavenet_conv.tree import TreeWaveNet
-
-    return {"lecture": (TreeWaveNet, ConvWaveNet), "gated": (GatedTreeWaveNet, GatedConvWaveNet)}[arch]
-
-
-def model_type_of(model):
-    from wavenet_conv.ensemble import EnsembleWaveNet
-
-    if isinstance(model, EnsembleWaveNet):
-        return "ensemble"
-    config = getattr(model, "config", None)
-    if config is not None:
-        tree_class, conv_class = model_classes(config.arch)
-        if isinstance(model, conv_class):
-            return "conv"
-        if isinstance(model, tree_class):
-            return "tree"
-    raise TypeError(f"cannot checkpoint a {type(model).__name__}")
-
-
-def build_model(model_type, config):
-    tree_class, conv_class = model_classes(config.arch)
-    return {"conv": conv_class, "tree": tree_class}[model_type](config)
 
 
 def model_state(model):
@@ -123,8 +94,6 @@ def load_checkpoint(path, map_location="cpu"):
 def model_from_checkpoint(state):
     """The model of a checkpoint dict (load_checkpoint's), or of one ensemble member's dict in it."""
     if state["model_type"] == "ensemble":
-        from wavenet_conv.ensemble import EnsembleWaveNet
-
         members = []
         for i, member in enumerate(state["model"]):
             try:

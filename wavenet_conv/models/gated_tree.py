@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from wavenet_conv.data import IGNORE_INDEX
-from wavenet_conv.layers import Embedding, Linear
+from wavenet_conv.data.words import IGNORE_INDEX
+from wavenet_conv.models.layers import Embedding, Linear
 
 
 class GatedTreeLevel(nn.Module):

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from wavenet_conv.checkpoint import model_type_of
-from wavenet_conv.data import IGNORE_INDEX
+from wavenet_conv.data.words import IGNORE_INDEX
+from wavenet_conv.models.registry import single_model_type
 
 
 def mixture_logits(member_logits, targets=None):
@@ -34,6 +34,11 @@ def mixture_logits(member_logits, targets=None):
     if targets is not None:
         logits = logits.masked_fill((targets == IGNORE_INDEX)[..., None], 0.0)  # b t v
     return logits
+
+
+def model_type_of(model):
+    """What a checkpoint stores a model as: "ensemble", or a single model's form, "conv" or "tree"."""
+    return "ensemble" if isinstance(model, EnsembleWaveNet) else single_model_type(model)
 
 
 def members_of(model):

@@ -7,8 +7,8 @@ Shape legend: n windows, b batch, t time.
 """
 import torch
 
-from wavenet_conv.data import bucketed_batches, build_windows, encode_items, pad_items
-from wavenet_conv.errors import UserError
+from wavenet_conv.data.words import bucketed_batches, build_windows, encode_items, pad_items
+from wavenet_conv.utils.errors import UserError
 
 
 def make_name_batch(items, device):

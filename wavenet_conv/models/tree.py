@@ -2,8 +2,8 @@
 import torch
 import torch.nn.functional as F
 
-from wavenet_conv.data import IGNORE_INDEX
-from wavenet_conv.layers import BatchNorm1d, Embedding, FlattenConsecutive, Linear, Sequential, Tanh
+from wavenet_conv.data.words import IGNORE_INDEX
+from wavenet_conv.models.layers import BatchNorm1d, Embedding, FlattenConsecutive, Linear, Sequential, Tanh
 
 
 class TreeWaveNet(Sequential):

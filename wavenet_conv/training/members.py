@@ -24,15 +24,13 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-from wavenet_conv.checkpoint import CHECKPOINT_NAME, load, load_checkpoint, save_checkpoint
-from wavenet_conv.ensemble import EnsembleWaveNet
-from wavenet_conv.errors import UserError
-from wavenet_conv.evaluate import SPLIT_NAMES
-from wavenet_conv.train import (
-    ENSEMBLE_PLAN, choose_threads, final_losses, hardware_name, losses_line, main, recipe_overrides, run_facts,
-    write_plan, write_samples,
-)
-from wavenet_conv.trainer import RESUME_NAME, StopRequests, count_parameters
+from wavenet_conv.inference.evaluation import SPLIT_NAMES
+from wavenet_conv.models.checkpoint import CHECKPOINT_NAME, load, load_checkpoint, save_checkpoint
+from wavenet_conv.models.ensemble import EnsembleWaveNet
+from wavenet_conv.train import (ENSEMBLE_PLAN, choose_threads, final_losses, hardware_name, losses_line, main,
+                                recipe_overrides, run_facts, write_plan, write_samples)
+from wavenet_conv.training.trainer import RESUME_NAME, StopRequests, count_parameters
+from wavenet_conv.utils.errors import UserError
 
 MEMBERS_STOPPED = None  # in a worker process: the event the command sets when it is asked to stop
 

@@ -21,8 +21,8 @@ from einops import rearrange
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-from wavenet_conv.activations import tanh, tanh_
-from wavenet_conv.conv import ItemRow, all_dot_node, causal_conv, look_up_pairs, pair_index, pair_table
+from wavenet_conv.models.activations import tanh, tanh_
+from wavenet_conv.models.packing import ItemRow, all_dot_node, causal_conv, look_up_pairs, pair_index, pair_table
 
 
 class FoldedConvWaveNet(nn.Module):

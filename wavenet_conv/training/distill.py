@@ -17,9 +17,9 @@ Shape legend: b batch, t time, n positions (items back to back), v vocab.
 import torch
 import torch.nn.functional as F
 
-from wavenet_conv.conv import ItemRow
-from wavenet_conv.data import IGNORE_INDEX, pad_items
-from wavenet_conv.errors import UserError
+from wavenet_conv.data.words import IGNORE_INDEX, pad_items
+from wavenet_conv.models.packing import ItemRow
+from wavenet_conv.utils.errors import UserError
 
 TEACHER_BATCH_ITEMS = 1024  # items per forward of the teacher while its targets are computed
 
@@ -29,7 +29,7 @@ class TeacherTargets:
     their order (n v), and the distillation loss of a batch of those items."""
 
     def __init__(self, teacher, items, vocab_size, weight):
-        from wavenet_conv.evaluate import inference_forward  # evaluate imports the models; this module is light
+        from wavenet_conv.inference.evaluation import inference_forward
 
         if not 0 < weight <= 1:
             raise UserError(f"the distillation weight must be in (0, 1], got {weight}")

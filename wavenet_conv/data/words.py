@@ -1,27 +1,18 @@
-"""Datasets: one item per line, the lecture's vocabulary and split, windows for the tree, whole items for the conv.
-
-Shape legend: n examples, b batch, t time.
+"""Items, one per line: the lecture's vocabulary and split, windows for the tree, whole items for the conv.
 
 names.txt (makemore's 32,033 names) ships in the repository's data/ folder and is the default input.
 
-    python -m wavenet_conv.data                # summarise data/names.txt
-    python -m wavenet_conv.data --download     # fetch it again from the makemore repository, checking its sha256
+Shape legend: n examples, b batch, t time.
 """
-import argparse
-import hashlib
 import random
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from wavenet_conv.errors import DatasetError, exit_on_user_error
-from wavenet_conv.files import write_atomically
+from wavenet_conv.utils.errors import DatasetError
 
 DEFAULT_INPUT = "data/names.txt"  # relative to the repository's root, where it ships
-NAMES_URL = "https://raw.githubusercontent.com/karpathy/makemore/master/names.txt"
-NAMES_SHA256 = "0a30b5557f192f32ab962680889aac5f6fda0f4cecf40a6d0b5694f58ea8cc4d"
 BOUNDARY = "."  # token 0: the start padding before an item and the end marker after it
 IGNORE_INDEX = -1  # target of right padding (makemore's convention)
 
@@ -141,59 +132,3 @@ def bucketed_batches(items, batch_size, generator=None, pool_batches=64, shuffle
 def count_predictions(items):
     """Next-character predictions in a list of items: one per character plus the end marker."""
     return sum(len(it) + 1 for it in items)
-
-
-def sha256_of(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def download(url=NAMES_URL, output=DEFAULT_INPUT, sha256=NAMES_SHA256):
-    """Fetch a dataset, check its checksum, and only then move it into place (never a half-written file)."""
-    output = Path(output)
-    if output.is_dir():
-        raise DatasetError(f"output {str(output)!r} is a directory; give a file path such as {DEFAULT_INPUT}")
-
-    def fetch_and_check(partial):
-        try:
-            with urllib.request.urlopen(url, timeout=60) as response:
-                partial.write_bytes(response.read())
-        except (OSError, ValueError) as e:
-            raise DatasetError(f"cannot download {url}: {e}") from None
-        got = sha256_of(partial)
-        if sha256 and got != sha256:  # raised before the rename: a good file already there stays
-            raise DatasetError(f"checksum mismatch for {url}: expected sha256 {sha256}, got {got}")
-
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(output, fetch_and_check)
-    except OSError as e:
-        raise DatasetError(f"cannot write {str(output)!r}: {e.strerror}") from None
-    return output
-
-
-@exit_on_user_error
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="Fetch and inspect wavenet_conv datasets.")
-    parser.add_argument("--download", action="store_true", help="download names.txt and verify its sha256")
-    parser.add_argument("--url", default=NAMES_URL, help="where to download from")
-    parser.add_argument("--output", "-o", default=DEFAULT_INPUT, help="where to write the downloaded file")
-    parser.add_argument("--sha256", default=NAMES_SHA256, help="expected checksum ('' to skip the check)")
-    parser.add_argument("--input-file", "-i", default=DEFAULT_INPUT, help="file to summarise when not downloading")
-    args = parser.parse_args(argv)
-    if args.download:
-        path = download(args.url, args.output, args.sha256)
-        print(f"wrote {path} (sha256 {sha256_of(path)})")
-        return
-    words = read_words(args.input_file)
-    vocab = Vocab.from_words(words)
-    train, val, test = split_words(words)
-    print(f"{len(words)} items, vocabulary of {len(vocab)}: {''.join(vocab.itos)!r}")
-    print(f"longest item {max(map(len, words))} characters; split {len(train)} / {len(val)} / {len(test)}")
-
-
-if __name__ == "__main__":
-    main()

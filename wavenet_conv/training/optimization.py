@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from wavenet_conv.errors import UserError
+from wavenet_conv.utils.errors import UserError
 
 
 def make_optimizer(recipe, model):

@@ -5,7 +5,7 @@ optimizer, learning-rate schedule, run length and evaluation interval. Command-l
 """
 from dataclasses import asdict, dataclass, fields, replace
 
-from wavenet_conv.errors import UserError
+from wavenet_conv.utils.errors import UserError
 
 
 @dataclass(frozen=True)

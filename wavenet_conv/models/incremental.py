@@ -20,7 +20,7 @@ Shape legend: b batch (names), h hidden, k taps (0: earlier, 1: later), v vocab,
 """
 import torch
 
-from wavenet_conv.activations import tanh_
+from wavenet_conv.models.activations import tanh_
 
 
 class IncrementalWaveNet:

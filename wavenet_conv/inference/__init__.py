@@ -1,0 +1,1 @@
+"""Inference: the loss over whole splits, and sampling (naive, full, cached: the same names)."""

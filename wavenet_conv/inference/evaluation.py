@@ -1,0 +1,117 @@
+"""Loss over whole splits in eval mode: the conv over whole items, the tree over windows, one number either way.
+
+A conv runs over items sorted by length, so that batches carry little right padding; the lecture arch's conv
+in its inference form (FoldedConvWaveNet: batch norm folded into the convolutions).
+
+Every next-character prediction of a split counts once, so the conv over whole items and the tree over the
+split's build_windows windows give the same mean (the same model, converted), up to float rounding.
+
+An ensemble (ensemble.py) runs on its members' kind of batches, all members on the same batch, each in the
+form it would be evaluated in alone: its loss is the NLL of the mixture at every prediction, which needs
+every member's distribution for that prediction side by side.
+
+Shape legend: b batch, t time, n windows, v vocab.
+"""
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from wavenet_conv.data.words import IGNORE_INDEX, build_windows, encode_items, pad_items
+from wavenet_conv.models.ensemble import members_of, mixture_logits, model_type_of
+from wavenet_conv.models.folded import FoldedConvWaveNet
+from wavenet_conv.utils.errors import DatasetError
+
+BATCH_POSITIONS = 1 << 12  # positions (conv) or windows (tree) per batch: small enough to stay in cache
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def item_batches(items, max_positions=BATCH_POSITIONS):
+    """Whole items sorted by length (eval mode has no batch statistics to bias), padded: [(x b t, y b t)]."""
+    order = sorted(range(len(items)), key=lambda i: len(items[i]))
+    batches, start = [], 0
+    while start < len(order):
+        end = start + 1
+        # grow the batch while its padded size (its last item is the longest) stays within the budget
+        while end < len(order) and (end + 1 - start) * (len(items[order[end]]) + 1) <= max_positions:
+            end += 1
+        batches.append(pad_items([items[i] for i in order[start:end]]))
+        start = end
+    return batches
+
+
+def window_batches(words, vocab, block_size, max_windows=BATCH_POSITIONS):
+    """The tree's inputs: every build_windows window of the split, in batches: [(X n t, Y n)]."""
+    X, Y = build_windows(words, vocab, block_size)
+    return list(zip(X.split(max_windows), Y.split(max_windows)))
+
+
+class SplitEvaluator:
+    """The full-split loss of a model; the split's batches are built once and reused at every evaluation.
+
+    A conv runs over whole items sorted by length (the lecture arch's in its folded inference form); the tree
+    over windows; an ensemble over its members' kind of batches.
+    """
+
+    def __init__(self, words, vocab):
+        self.words = words
+        self.vocab = vocab
+        self.batches = {}
+
+    def batches_for(self, model_type, block_size, device):
+        key = (model_type, block_size, str(device))
+        if key not in self.batches:
+            if model_type == "conv":
+                batches = item_batches(encode_items(self.words, self.vocab))
+            else:
+                batches = window_batches(self.words, self.vocab, block_size)
+            self.batches[key] = [(x.to(device), y.to(device)) for x, y in batches]
+        return self.batches[key]
+
+    def loss(self, model):
+        """Mean cross-entropy over every prediction of the split, in eval mode; the model's mode is restored."""
+        device = next(model.parameters()).device
+        member = members_of(model)[0]  # an ensemble's members are all of one kind and block size
+        batches = self.batches_for(model_type_of(member), member.config.block_size, device)
+        was_training = model.training
+        model.eval()
+        total, count = 0.0, 0
+        try:
+            with torch.inference_mode():
+                forward = inference_forward(model)
+                for x, y in batches:
+                    logits = forward(x, y)  # the folded form computes valid positions only
+                    if logits.ndim == 3:
+                        logits, y = rearrange(logits, "b t v -> (b t) v"), rearrange(y, "b t -> (b t)")
+                    total += F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX, reduction="sum").item()
+                    count += int((y != IGNORE_INDEX).sum())
+        finally:
+            model.train(was_training)
+        return total / count
+
+
+def inference_forward(model):
+    """(x, y) -> logits of a model in eval mode: the lecture arch's conv in its folded inference form, the gated
+    arch and the tree as they are, an ensemble the mixture of its members' forms."""
+    if model_type_of(model) == "ensemble":
+        forwards = [inference_forward(member) for member in model.members]
+        return lambda x, y: mixture_logits([forward(x, y) for forward in forwards], y)
+    if model_type_of(model) == "conv" and model.config.arch == "lecture":
+        return FoldedConvWaveNet(model)
+    return lambda x, y: model(x)[0]
+
+
+def split_loss(model, words, vocab):
+    """The mean loss of `model` over every prediction of `words`, in eval mode (conv: whole items; tree: windows)."""
+    return SplitEvaluator(words, vocab).loss(model)
+
+
+def evaluate_splits(model, splits, vocab):
+    """{'train': loss, 'val': loss, 'test': loss} for a dict of split name -> words."""
+    return {name: split_loss(model, words, vocab) for name, words in splits.items()}
+
+
+def check_vocab(words, vocab):
+    """The data must be spelled in the model's vocabulary."""
+    unseen = set("".join(words)) - set(vocab.itos[1:])
+    if unseen:
+        raise DatasetError(f"the input file has characters the model was not trained on: {''.join(sorted(unseen))!r}")

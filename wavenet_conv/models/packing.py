@@ -1,0 +1,254 @@
+"""How the conv runs a batch fast and exactly: its items packed back to back in one row.
+
+conv.py states the model: each level is a kernel-2 Conv1d at dilation 2**i over every item, with the all-dot
+node as left context. This module computes exactly that, with less work:
+
+- **One packed row.** The valid positions of every item (target not -1; every position without targets) lie
+  back to back in one row, held as rows, one per position: x is (n, c), channels last. No right padding is
+  computed, and batch norm's statistics are plain sums over the rows.
+- **Item starts, exactly** (`causal_conv`). Each level's Conv1d runs once over the whole row (its (1, c, n)
+  view), left-padded with `dilation` copies of the all-dot node for the first item. The other items' first
+  `dilation` positions would read the item before, so their earlier tap's term is replaced by the earlier tap
+  on the all-dot node; no correction is added, so no item's numbers ever depend on another's.
+- **Few long items** (`long_items_conv`): where most items are no longer than the dilation (block 16 and 32's
+  dilation 8 on names), the Conv1d runs on the sub-row of the longer items only.
+- **Runs of one length** (`length_runs_conv`): in inference over items sorted by length, as evaluation makes
+  its batches, the Conv1d runs once per length, on those items as the (b, c, t) batch they are in the row,
+  and no output is replaced.
+- **Level 0 as a table of token pairs** (`pair_table`, `first_level`): level 0 sees only a pair of tokens, so
+  its convolution, batch norm and tanh are computed once for each of the v * v pairs and looked up at every
+  position. In training the batch norm statistics count each pair once per position that holds it
+  (`counted_batch_norm`): the same numbers as over the positions.
+
+Why rows: gathers of table rows, batch norm, the output layer and the item-start fixes all read or write whole
+rows, and a run of equally long items is a contiguous (b t c) block whose (b, c, t) view is channels-last,
+which `ChannelsLastConv1d` (channels_last.py) convolves in place as NHWC. docs/performance.md gives the
+measurements behind each choice.
+
+Shape legend: b batch, t time, n positions of the packed row, m positions of it that read across an item's
+start, c channels, h hidden channels, k taps (0: earlier, 1: later), v vocab, p rows of a pair table.
+"""
+import functools
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from wavenet_conv.data.words import IGNORE_INDEX
+from wavenet_conv.models.activations import tanh
+from wavenet_conv.models.channels_last import as_rows, as_time
+
+# inference runs the Conv1d once per length only where the row's runs of equally long items average this many
+# positions: in an A/B on one thread (AMD EPYC family 25 model 17), runs of 824-2,197 positions made the folded
+# form 1.01-1.08x faster and the plain conv 0.95-1.06x, runs of 306 made them 0.82-0.92x
+LENGTH_RUN_POSITIONS = 768
+
+
+class ItemRow:
+    """Items of lengths `lengths` (b) back to back in one row of n positions: where each item starts and where
+    each position sits. Every form that packs (training, evaluation, the folded form) reads its layout here.
+    `valid` (b t) marks the positions of the padded batch the row holds (None: all of them)."""
+
+    def __init__(self, lengths, valid=None):
+        self.lengths = lengths  # b
+        self.valid = valid  # b t, or None
+        self.starts = torch.cumsum(lengths, 0) - lengths  # b: each item's first position in the row
+        self.item = torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)  # n
+        self.offset = torch.arange(len(self.item), device=lengths.device) - self.starts[self.item]  # n
+        self.longest = int(lengths.max()) if len(lengths) else 0
+
+    @classmethod
+    def of(cls, idx, targets=None):
+        """The row of a (b t) batch: its valid positions (target not -1), or every position without targets."""
+        if idx.shape[1] and (idx[:, 0] != 0).any():
+            raise ValueError("every item must start with '.' (token 0), as pad_items makes them")
+        if targets is None:
+            return cls(torch.full((idx.shape[0],), idx.shape[1], device=idx.device))
+        valid = targets != IGNORE_INDEX  # b t
+        lengths = valid.sum(1)  # b: items + 1, the end marker
+        if not torch.equal(valid, torch.arange(idx.shape[1], device=idx.device) < lengths[:, None]):
+            raise ValueError("targets must be -1 only on right padding, after each item's end marker")
+        return cls(lengths, valid)
+
+    def pack(self, batch):
+        """b t -> n: the row's positions of a padded batch (its tokens or its targets), items back to back."""
+        return batch.reshape(-1) if self.valid is None else batch[self.valid]
+
+    def unpack(self, packed):
+        """n v -> b t v: the row's outputs in the batch's layout, 0 on right padding."""
+        if self.valid is None:
+            return rearrange(packed, "(b t) v -> b t v", b=len(self.lengths))
+        out = packed.new_zeros(*self.valid.shape, packed.shape[-1])
+        out[self.valid] = packed
+        return out
+
+    def crossing(self, dilation):
+        """The positions whose earlier tap at this dilation reads the item before (m); the first item's read
+        the left padding, its own all-dot node, already."""
+        position = torch.arange(len(self.offset), device=self.offset.device)
+        return torch.nonzero((self.offset < dilation) & (position >= dilation)).squeeze(1)
+
+    def longer_than(self, dilation):
+        """Whether each position's item is longer than `dilation` (n): only such items have positions whose
+        earlier tap reads inside the item."""
+        return self.lengths[self.item] > dilation
+
+    def positions_longer_than(self, dilation):
+        """How many of the row's positions lie in items longer than `dilation`."""
+        return int(self.lengths[self.lengths > dilation].sum())
+
+    @functools.cached_property
+    def length_runs(self):
+        """(length, items) for each run of equally long items, in row order."""
+        lengths, counts = torch.unique_consecutive(self.lengths, return_counts=True)
+        return list(zip(lengths.tolist(), counts.tolist()))
+
+    @functools.cached_property
+    def in_long_length_runs(self):
+        """Whether the items come shortest first (as evaluation sorts them) in runs of one length that average
+        LENGTH_RUN_POSITIONS positions or more: then each run is a (b, c, t) batch as it lies in the row."""
+        if len(self.lengths) == 0 or not bool((self.lengths[1:] >= self.lengths[:-1]).all()):
+            return False
+        return len(self.offset) >= LENGTH_RUN_POSITIONS * len(self.length_runs)
+
+    def few_longer_than(self, dilation):
+        """Whether under 3/4 of the positions lie in items longer than `dilation`: then the convolution runs on
+        those items alone (`causal_conv`)."""
+        return 4 * self.positions_longer_than(dilation) < 3 * len(self.offset)
+
+
+
+def all_dot_node(x):
+    """n c -> c: the node at the row's position 0, the first item's '.': every item's all-dot node."""
+    return x[0]
+
+
+def pair_table(conv, embedding, vocab_size):
+    """Level 0's kernel-2 convolution on every token pair: (v v) h, row earlier * v + later. Level 0 sees
+    nothing but a pair of tokens, so this table is the whole level (before batch norm): v * v nodes instead of
+    one per position, its backward a scatter into v * v rows. On a pair (time 2, one output) the convolution
+    is one matmul with its weight as h (k c); calling the Conv1d module on the (v v, c, 2) pairs instead gives
+    the same table but trained slower here (oneDNN's backward of that shape)."""
+    vocab = torch.arange(vocab_size, device=embedding.weight.device)
+    pairs = torch.cartesian_prod(vocab, vocab)  # (v v) k: earlier, later token
+    return F.linear(rearrange(embedding(pairs), "p k c -> p (k c)"), rearrange(conv.weight, "h c k -> h (k c)"),
+                    conv.bias)  # (v v) h
+
+
+def pair_index(tokens, row, vocab_size):
+    """n -> n: each position's row of the pair table; an item's first position pairs its '.' with itself (the
+    dots before the item)."""
+    earlier = torch.roll(tokens, 1).index_copy_(0, row.starts, tokens[row.starts])  # n
+    return earlier * vocab_size + tokens
+
+
+def look_up_pairs(table, pairs):
+    """Each position's row of a table over token pairs, (v v) h, for its pair index (n) -> n h: level 0's
+    nodes, or in the folded form a tap of level 1 on them."""
+    return table.index_select(0, pairs)
+
+
+def causal_conv(conv, x, row, left):
+    """A kernel-2 Conv1d over the items packed in x (n c, rows), each item exactly as if alone with its left
+    context `left` (c: the all-dot node) in every tap before it: n c -> n h.
+
+    The module runs once over the row, left-padded for the first item. An item's first `dilation` positions
+    would read their earlier tap from the item before, so their outputs are replaced: the earlier tap on
+    `left` plus the later tap on their own input (no correction is added, so no item's numbers ever depend
+    on another's, not even by rounding). Where the dilation reaches past every item, every earlier tap reads
+    `left`: the later tap alone is a 1x1 convolution, the earlier one a constant in its bias (half the work).
+    Where most items are no longer than the dilation (block 16 and 32's dilation 8 on names), nearly every
+    output would be replaced, so the module runs on the sub-row of the longer items only (`long_items_conv`).
+    In inference over items sorted by length in long runs, the module runs once per length, on those items as a
+    batch, and nothing is replaced (`length_runs_conv`).
+    """
+    d = conv.dilation[0]
+    earlier_tap, later_tap = conv.weight.unbind(2)  # h c, h c
+    before_item = earlier_tap @ left  # h: the earlier tap's term wherever it falls before the item
+    if conv.bias is not None:
+        before_item = before_item + conv.bias
+    if row.longest <= d:
+        return torch.addmm(before_item, x, later_tap.T)  # n h
+    if not torch.is_grad_enabled() and row.in_long_length_runs:
+        return length_runs_conv(conv, x, row, later_tap, before_item)
+    if row.few_longer_than(d):
+        return long_items_conv(conv, x, row, later_tap, before_item)
+    h = as_rows(conv(as_time(torch.cat([left.expand(d, -1), x]))))  # (d + n) c -> n h
+    crossing = row.crossing(d)  # m
+    # index_select: its backward is an index_add, no sort
+    at_starts = torch.addmm(before_item, x.index_select(0, crossing), later_tap.T)  # m h
+    return h.index_copy(0, crossing, at_starts)  # n h
+
+
+def length_runs_conv(conv, x, row, later_tap, before_item):
+    """causal_conv in inference over items sorted by length in long runs: n c -> n h. The items of one
+    length t lie side by side in the row, so they are a batch (b, c, t) as they stand (a channels-last view of
+    their (b t c) rows, which `ChannelsLastConv1d` convolves without copying). The module runs
+    on it unpadded, its outputs the offsets d .. t - 1, each reading its own item only; each item's first
+    min(d, t) positions get the later tap plus the all-dot term, as at item starts. Nothing is computed twice or
+    thrown away: the fewest multiply-adds of any exact form of the level (on names the packed row replaces a
+    quarter of its outputs at dilation 2 and over half at dilation 4). Not with autograd: oneDNN's backward
+    over the many small batches of a training step ran at 0.70-0.96x the row's."""
+    d = conv.dilation[0]
+    out = x.new_empty(len(x), conv.out_channels)
+    start = 0
+    for length, items in row.length_runs:
+        run = slice(start, start + items * length)
+        inputs = rearrange(x[run], "(b t) c -> b t c", t=length)  # a view of the rows
+        outputs = rearrange(out[run], "(b t) h -> b t h", t=length)  # a view to write into
+        if length > d:
+            outputs[:, d:] = rearrange(conv(rearrange(inputs, "b t c -> b c t")), "b h t -> b t h")  # b (t - d) h
+        first = min(d, length)
+        at_starts = torch.addmm(before_item, rearrange(inputs[:, :first], "b t c -> (b t) c"), later_tap.T)
+        outputs[:, :first] = rearrange(at_starts, "(b t) h -> b t h", t=first)  # b first h
+        start = run.stop
+    return out
+
+
+def long_items_conv(conv, x, row, later_tap, before_item):
+    """causal_conv where few items are longer than the dilation d: n c -> n h. Every position at offset < d
+    reads the all-dot node with its earlier tap (the later tap plus `before_item`, as at item starts); the
+    others, each in an item longer than d, come from the module run over the sub-row of those items, unpadded:
+    its output j is the sub-row's position j + d, kept only where that position is at offset >= d."""
+    d = conv.dilation[0]
+    at_start = row.offset < d  # n
+    longer = row.longer_than(d)  # n
+    starts = torch.nonzero(at_start).squeeze(1)  # m
+    at_starts = torch.addmm(before_item, x.index_select(0, starts), later_tap.T)  # m h
+    inside = as_rows(conv(as_time(x.index_select(0, torch.nonzero(longer).squeeze(1)))))  # n_long c -> (n_long - d) h
+    # each position's row of [at_starts; inside]: its rank among the item starts, or its sub-row output
+    source = torch.where(at_start, torch.cumsum(at_start, 0) - 1, len(starts) + torch.cumsum(longer, 0) - 1 - d)
+    return torch.cat([at_starts, inside]).index_select(0, source)  # n h
+
+
+def first_level(level, embedding, tokens, row, vocab_size):
+    """The embedding and level 0 at once: n -> n h, each position's level-0 node (after batch norm and tanh)
+    looked up in the table of every token pair's node."""
+    pairs = pair_index(tokens, row, vocab_size)  # n: each position's token pair
+    table = pair_table(level.conv, embedding, vocab_size)  # (v v) h
+    return look_up_pairs(activate_pair_table(level, table, pairs), pairs)  # n h
+
+
+def activate_pair_table(level, table, pairs):
+    """Batch norm and tanh on level 0's table, (v v) h -> (v v) h, as on the positions whose pairs are `pairs`
+    (n): in eval mode node by node; in training each row's statistics weigh as many positions as hold it."""
+    if not level.training:
+        return level.activate(table)
+    counts = torch.bincount(pairs, minlength=len(table)).to(table.dtype)  # (v v)
+    return tanh(counted_batch_norm(level.bn, table, counts))
+
+
+def counted_batch_norm(bn, table, counts):
+    """Training-mode batch norm over positions that hold `counts` (p) copies of the rows of `table` (p h):
+    the statistics of those positions (the unbiased variance, as the lecture's), from p rows: p h -> p h."""
+    n = counts.sum()
+    if n < 2:
+        raise ValueError(f"batch norm in training needs at least 2 positions; this batch has {int(n)}")
+    mean = counts @ table / n  # h
+    centered = table - mean  # p h
+    var = counts @ centered.square() / (n - 1)  # h
+    with torch.no_grad():
+        bn.running_mean.lerp_(mean, bn.momentum)
+        bn.running_var.lerp_(var, bn.momentum)
+        bn.num_batches_tracked += 1
+    return centered * torch.rsqrt(var + bn.eps) * bn.weight + bn.bias  # p h

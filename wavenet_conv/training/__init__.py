@@ -1,0 +1,1 @@
+"""Training: the loop, batches, optimizers and schedules, recipes, distillation, ensembles of runs."""

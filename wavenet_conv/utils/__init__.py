@@ -1,0 +1,1 @@
+"""Errors a user can fix, atomic file writes, device choice."""
