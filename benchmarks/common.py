@@ -1,18 +1,23 @@
 """What every benchmark here shares: the environment record, timing with median and spread, output.
 
-Conventions: a markdown table for people, a PNG plot, and as the last line of stdout one JSON object.
+Conventions: a markdown report for people, headed by when, from which commit, on which machine and by which
+command it was made (`report_header`); a PNG plot; and a JSON object with the same record in its environment.
 """
 import ctypes
 import ctypes.util
+import datetime
 import json
 import os
 import platform
+import shlex
+import subprocess
 import sys
 
 import torch
 import torch.utils.benchmark as tbench
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # run from a checkout
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)  # run from a checkout
 
 
 def cpu_model_name():
@@ -56,22 +61,64 @@ def keep_freed_memory():
     return took
 
 
-def environment(device):
-    """Device, torch version and thread count: what a reader needs to compare two result files."""
+def git_commit():
+    """The checkout's short commit, with ' + uncommitted changes' when the code (wavenet_conv/, benchmarks/*.py)
+    differs from it; None outside a git checkout."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30)
+
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        if head.returncode:
+            return None
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", "wavenet_conv", "benchmarks/*.py")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + (" + uncommitted changes" if changed.stdout.strip() else "")
+
+
+def command_line(script, argv=None):
+    """The command that reproduces a run from the repository's root: `python benchmarks/x.py <arguments>`."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    path = os.path.relpath(os.path.abspath(script), REPO)
+    return shlex.join(["python", path if not path.startswith("..") else script, *map(str, argv)])
+
+
+def environment(device, command=None):
+    """When, from which commit, by which command, on which device, torch version and thread count: what a
+    reader needs to reproduce a result file or compare two of them."""
     device = torch.device(device)
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
         name = cpu_model_name() or platform.processor() or platform.machine()
     return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": git_commit(),
+        "command": command,
         "device": device.type,
         "device_name": name,
         "torch": torch.__version__,
+        "cuda": torch.version.cuda if device.type == "cuda" else None,
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "allocator": ALLOCATOR["setting"],
     }
+
+
+def report_header(title, env):
+    """The head of a markdown result file: its title, then date, commit, machine, torch and the command."""
+    threads = f"{env['threads']} thread{'s' if env['threads'] != 1 else ''}"
+    torch_line = env["torch"] + (f", CUDA {env['cuda']}" if env.get("cuda") else "") + f", Python {env['python']}"
+    return "\n".join([
+        f"# {title}", "",
+        f"- date: {env.get('date') or 'not recorded'}",
+        f"- commit: {env.get('commit') or 'not recorded'}",
+        f"- machine: {env['device_name']} ({env['device']}), {threads}",
+        f"- torch: {torch_line}",
+        f"- command: `{env.get('command') or 'not recorded'}`",
+    ])
 
 
 def measure(fn, min_run_time=1.0, label=""):
@@ -91,14 +138,21 @@ def markdown_table(rows, columns):
     return "\n".join(lines)
 
 
-def write_json(obj, path=None):
-    """Write the result file (if asked) and print the object as the last line of stdout."""
-    text = json.dumps(obj, sort_keys=True)
+def write_json(obj, path=None, echo=True):
+    """Write the result file (if asked); with echo, also print the object as the last line of stdout."""
     if path:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "w") as f:
             f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    print(text, flush=True)
+    if echo:
+        print(json.dumps(obj, sort_keys=True), flush=True)
+
+
+def write_text(text, path):
+    """Write a report file, making its folder."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
 
 
 def available_devices(choice):

@@ -1,8 +1,9 @@
 """Tree against conv, side by side: predictions per second at equal work with the same weights.
 
-    python benchmarks/compare.py                     # every device available, block sizes 8 16 32
-    python benchmarks/compare.py --quick             # a CPU smoke run in under 30 s (what the test runs)
-    python benchmarks/compare.py --device cpu --json benchmarks/results/compare_cpu.json --out-dir benchmarks/results
+    python benchmarks/compare.py                     # every device available, block sizes 8 16 32 (~12 min on a CPU)
+    python benchmarks/compare.py --quick             # a CPU smoke run of about 20 s: block 8, short timings
+    python benchmarks/compare.py --device cpu --profile --json benchmarks/results/compare_cpu.json \
+        --out-dir benchmarks/results               # the committed CPU result
 
 A prediction is one next-character target. Every form gets the same weights (a seeded tree, converted with
 ConvWaveNet.from_tree), and before anything is timed the forms must agree on the benchmarked data:
@@ -17,8 +18,9 @@ rate is its fastest timed run (the median is reported beside it): on these share
 tenants only ever slow a run, for seconds at a time and by up to 2x for the many-small-op forms (the loop,
 the tree at small batches) while the conv's large kernels hold steady, so the fastest run is what two runs of
 the script reproduce; the median moved by up to 2x between runs.
-Output: a markdown table (stdout and compare_<device>.md), a plot (compare_<device>.png) and as the last
-line of stdout one JSON object (also written to --json).
+Output: a markdown report on stdout (also compare_<device>.md with --out-dir, headed by date, commit, machine,
+torch version and command), a plot (compare_<device>.png with --out-dir) and, with --json, every measurement
+as one JSON object in that file.
 """
 import argparse
 import os
@@ -30,8 +32,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch  # noqa: E402
 
 from benchmarks import compare_workloads as cw  # noqa: E402
-from benchmarks.common import (available_devices, environment, keep_freed_memory, markdown_table, measure,  # noqa: E402
-                               write_json)
+from benchmarks.common import (available_devices, command_line, environment, keep_freed_memory,  # noqa: E402
+                               markdown_table, measure, report_header, write_json, write_text)
 from wavenet_conv.data.words import (DEFAULT_INPUT, IGNORE_INDEX, Vocab, build_windows, encode_items, pad_items,
                                      read_words, split_words)
 from wavenet_conv.models.config import ModelConfig  # noqa: E402
@@ -40,14 +42,6 @@ from wavenet_conv.models.tree import TreeWaveNet  # noqa: E402
 from wavenet_conv.training.plot import pyplot  # noqa: E402
 from wavenet_conv.utils.errors import UserError, exit_on_user_error  # noqa: E402
 
-# the issues' targets: (device, block_size, ratio or throughput key, at least for the plain ConvWaveNet,
-# at least for the fastest conv form); None: no target for that form
-TARGETS = [
-    ("cpu", 8, "eval_conv_over_tree", 2.5, 4.0), ("cpu", 8, "train_conv_over_tree", 2.0, 2.5),
-    ("cpu", 32, "eval_conv_over_tree", 6.0, 10.0), ("cpu", 32, "train_conv_over_tree", 4.0, 5.0),
-    ("cpu", 8, "eval_conv_over_loop", None, 100.0),
-    ("cuda", 8, "train_conv_over_tree", None, 3.0), ("cuda", 8, "train_conv_predictions_per_s", None, 1e7),
-]
 # FP32 (no tensor cores: torch's float32 matmuls do not use TF32 by default), dense, from NVIDIA's data sheets
 CUDA_FP32_PEAK_TFLOPS = [("H100 PCIe", 51.2), ("H100 NVL", 60.0), ("H100", 66.9), ("H200", 66.9), ("A100", 19.5)]
 
@@ -196,7 +190,7 @@ def cpu_theoretical_gflops(threads):
     if not mhz:
         return None, "no clock in /proc/cpuinfo"
     per_cycle = 64 if "avx512f" in flags else 32 if {"avx2", "fma"} <= set(flags) else 16
-    return threads * per_cycle * mhz[0] / 1e3, (f"{threads} threads x {per_cycle} FLOP/cycle x {mhz[0]:.0f} MHz, "
+    return threads * per_cycle * mhz[0] / 1e3, (f"{threads} thread{'s' if threads != 1 else ''} x {per_cycle} FLOP/cycle x {mhz[0]:.0f} MHz, "
                                                  "the reported clock: boost clocks run above it")
 
 
@@ -305,31 +299,6 @@ def ratios_of(best, device, block_size):
     return out
 
 
-def target_report(ratios):
-    """Each target that this run measured: the plain conv's value and the fastest conv form's, each against
-    its own bound, and whether it is met."""
-    report = []
-    for device, block_size, key, plain_at_least, best_at_least in TARGETS:
-        measured = ratios.get(device, {}).get("by_block_size", {}).get(str(block_size))
-        if not measured:
-            continue
-        best_key = key.replace("_conv_", "_best_conv_")
-        plain, best = measured.get(key), measured.get(best_key)
-        if best is None:
-            continue
-        mode = key.split("_")[0]
-        report.append({"device": device, "block_size": block_size, "key": key,
-                       "best_conv": best, "best_conv_form": measured.get(f"{mode}_best_conv_form"),
-                       "at_least": best_at_least, "met": best >= best_at_least,
-                       "shortfall": None if best >= best_at_least else best_at_least / best,
-                       # the plain ConvWaveNet on its own, against its own bound
-                       "conv": plain, "conv_at_least": plain_at_least,
-                       "conv_met": None if plain_at_least is None or plain is None else plain >= plain_at_least,
-                       "conv_shortfall": None if plain_at_least is None or plain is None or plain >= plain_at_least
-                       else plain_at_least / plain})
-    return report
-
-
 # ---- output ------------------------------------------------------------------------------------------------
 
 TABLE_COLUMNS = [
@@ -392,9 +361,8 @@ def sweep_table(rows):
     return "\n".join(lines)
 
 
-def markdown_report(best, env, peak, ratios, targets, profile_text, rows=()):
-    lines = [f"# tree vs conv on {env['device_name']} ({env['device']}), torch {env['torch']}, "
-             f"{env['threads']} threads", "",
+def markdown_report(best, env, peak, ratios, profile_text, rows=()):
+    lines = [report_header("Tree against conv: predictions per second", env), "",
              markdown_table(table_rows(best), TABLE_COLUMNS), "",
              "Each form at its fastest batch size (predictions per batch or training step). MACs/pred.: the "
              "multiply-adds of the matmuls and convolutions per prediction as the form computes them (padding and all-dot nodes "
@@ -420,17 +388,6 @@ def markdown_report(best, env, peak, ratios, targets, profile_text, rows=()):
                 plain = "-" if key not in values else with_range(values, key)
                 lines.append(f"| {block_size} | {key} | {plain} | {with_range(values, best_key)}, "
                              f"{values[key.split('_')[0] + '_best_conv_form']} |")
-    if targets:
-        lines += ["", "| target | plain conv | at least | met | fastest conv (form) | at least | met |",
-                  "|---|---|---|---|---|---|---|"]
-        for t in targets:
-            verdict = "yes" if t["met"] else f"no, short by {t['shortfall']:.2f}x"
-            plain = "-" if t["conv"] is None else f"{t['conv']:.3g}"
-            plain_verdict = "-" if t["conv_met"] is None else "yes" if t["conv_met"] else \
-                f"no, short by {t['conv_shortfall']:.2f}x"
-            plain_bound = "-" if t["conv_at_least"] is None else f"{t['conv_at_least']:g}"
-            lines.append(f"| {t['key']} at block {t['block_size']} | {plain} | {plain_bound} | {plain_verdict} | "
-                         f"{t['best_conv']:.3g} ({t['best_conv_form']}) | {t['at_least']:g} | {verdict} |")
     if rows:
         lines += ["", "Predictions per second at each batch size (predictions per batch or step; best in bold):", "",
                   sweep_table(rows)]
@@ -453,8 +410,9 @@ def profile_workload(workload, block_size, rows=8):
 # ---- the run -----------------------------------------------------------------------------------------------
 
 def run_device(device, words, vocab, args):
+    command = args.command
     args = settings_for(args, device)
-    env = environment(device)
+    env = environment(device, command)
     peak = peak_gflops(device, args.peak_size, args.min_run_time)
     rows, profiles, losses = [], [], {}
     for block_size in args.block_sizes:
@@ -523,10 +481,15 @@ def parse_args(argv):
         help="leave glibc's malloc at its defaults: freed large blocks go back to the OS, and the tree's timings "
              "then vary with the allocator's history (see benchmarks/common.keep_freed_memory)")
     add("--profile", action="store_true", help="profile each form's fastest workload into the report")
-    add("--quick", action="store_true", help="CPU smoke run under 30 s: block 8, one batch size, short timings")
-    add("--json", default=None, help="also write the JSON object here")
+    add("--quick", action="store_true",
+        help=f"CPU smoke run of about 20 s: block {' '.join(map(str, QUICK['block_sizes']))}, "
+             f"{QUICK['eval_items']} validation names, batch sizes "
+             f"{' and '.join(map(str, QUICK['eval_batch_sizes']))}, {QUICK['rounds']} rounds of "
+             f"{QUICK['min_run_time']} s")
+    add("--json", default=None, help="write every measurement here as one JSON object")
     add("--out-dir", default=None, help="write compare_<device>.md and .png here")
     args = parser.parse_args(argv)
+    args.command = command_line(__file__, sys.argv[1:] if argv is None else argv)
     if args.quick and args.device == "all":
         args.device = "cpu"
     for size in args.block_sizes or []:
@@ -569,23 +532,22 @@ def main(argv=None):
         ratios[device] = {"by_block_size": {str(b): ratios_of(best, device, b) for b in block_sizes}}
         ratios[device].update(ratios[device]["by_block_size"][str(8 if 8 in block_sizes else block_sizes[0])])
         all_rows += rows
-        targets = [t for t in target_report(ratios) if t["device"] == device]
-        report = markdown_report(best, env, peak, ratios[device], targets, profile_text, rows)
+        report = markdown_report(best, env, peak, ratios[device], profile_text, rows)
         print(report)
         if args.out_dir:
-            os.makedirs(args.out_dir, exist_ok=True)
-            with open(os.path.join(args.out_dir, f"compare_{device}.md"), "w") as f:
-                f.write(report)
+            write_text(report, os.path.join(args.out_dir, f"compare_{device}.md"))
             plot(best, device, os.path.join(args.out_dir, f"compare_{device}.png"))
+    if not args.json:
+        return
     write_json({
         "device": "+".join(devices), "torch": torch.__version__, "threads": torch.get_num_threads(),
         "environments": environments, "peak": peaks, "results": all_rows, "ratios": ratios,
-        "targets": target_report(ratios), "val_loss": losses, "quick": args.quick, "settings": settings,
+        "val_loss": losses, "quick": args.quick, "settings": settings,
         "model": {"n_embd": args.n_embd, "n_hidden": args.n_hidden, "vocab_size": len(vocab)},
         "ratio_forms": "X_conv_over_Y: ConvWaveNet (form 'conv', length-bucketed batches); X_best_conv_over_Y: the "
                        "fastest of conv and conv_folded (named in X_best_conv_form); each form at its "
                        "fastest batch size (batch_size, in predictions per batch or step)",
-    }, args.json)
+    }, args.json, echo=False)
 
 
 if __name__ == "__main__":

@@ -1,19 +1,22 @@
 """One conv level's arithmetic several ways, side by side: how fast the convolution kernel itself is here.
 
     python benchmarks/conv_kernel.py [--device cpu] [--positions 4096] [--rounds 7]
+    python benchmarks/conv_kernel.py --json benchmarks/results/conv_kernel_cpu.json --out-dir benchmarks/results
 
 A kernel-2 dilated level of the lecture's width (128 -> 128 channels) over a packed row of n positions, and
 over a batch of b rows of L positions (names of one length: no padding, no item-start waste), in the two
 layouts of the activations:
 - rows, (n, c) channels last, what ConvWaveNet holds: `ChannelsLastConv1d` on their (1, c, d + n) view, and on
   the (b, c, L) view of a run of b equally long items, both convolved as they lie (NHWC);
-- (1, c, n), the layout before the thirteenth session: the plain `nn.Conv1d` on the row, and on the strided
+- (1, c, n), the layout the conv used before rows: the plain `nn.Conv1d` on the row, and on the strided
   (b, c, L) view of a run taken from it (which Conv1d first copies to contiguous memory);
 - a contiguous (b, c, L) batch (the textbook layout; no copy);
 - the same multiply-adds as one matmul: both taps stacked, h (k c) @ (k c) n, which is what the tree's Linear
   layers run.
 Each is timed over interleaved rounds; the rate is the fastest run (other tenants only slow a run), the
-median beside it. The JSON's last line also holds GFLOP/s and the measured matmul rate for comparison.
+median beside it. Output: a markdown table on stdout (also conv_kernel_<device>.md with --out-dir, headed by
+date, commit, machine, torch version and command) and, as the last line of stdout, one JSON object (also
+written to --json).
 """
 import argparse
 import os
@@ -25,7 +28,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch  # noqa: E402
 from einops import rearrange  # noqa: E402
 
-from benchmarks.common import environment, keep_freed_memory, markdown_table, measure, write_json  # noqa: E402
+from benchmarks.common import (command_line, environment, keep_freed_memory, markdown_table, measure,  # noqa: E402
+                               report_header, write_json, write_text)
 from wavenet_conv.models.channels_last import ChannelsLastConv1d, as_time  # noqa: E402
 
 
@@ -63,7 +67,9 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=7, help="interleaved measurements of each case")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--json", default=None, help="also write the JSON object here")
+    parser.add_argument("--out-dir", default=None, help="write conv_kernel_<device>.md here")
     args = parser.parse_args(argv)
+    command = command_line(__file__, sys.argv[1:] if argv is None else argv)
     keep_freed_memory()  # timings independent of the allocator's history
     if min(args.positions, args.channels, args.dilation, args.rounds, args.threads) < 1 or \
             args.item_length <= args.dilation:
@@ -82,11 +88,18 @@ def main(argv=None):
         median = statistics.median(t["median_s"] for t in runs[name])
         rows.append({"case": name, "outputs": outputs, "ms": 1e3 * fastest, "median_ms": 1e3 * median,
                      "us_per_output": 1e6 * fastest / outputs, "gflops": flops_per_output * outputs / fastest / 1e9})
-    env = environment(args.device)
-    print(f"# one conv level on {env['device_name']}, torch {env['torch']}, {env['threads']} threads\n")
-    print(markdown_table(rows, [("case", "case", "{}"), ("outputs", "outputs", "{:,}"), ("ms", "ms (fastest)", "{:.2f}"),
-                                ("median_ms", "median ms", "{:.2f}"), ("us_per_output", "µs/output", "{:.3f}"),
-                                ("gflops", "GFLOP/s", "{:.1f}")]))
+    env = environment(args.device, command)
+    title = (f"One conv level: {args.channels} -> {args.channels} channels, dilation {args.dilation}, "
+             f"{args.positions:,} positions")
+    report = "\n".join([
+        report_header(title, env), "",
+        markdown_table(rows, [("case", "case", "{}"), ("outputs", "outputs", "{:,}"), ("ms", "ms (fastest)", "{:.2f}"),
+                              ("median_ms", "median ms", "{:.2f}"), ("us_per_output", "µs/output", "{:.3f}"),
+                              ("gflops", "GFLOP/s", "{:.1f}")]), "",
+        f"ms: the fastest of {args.rounds} interleaved rounds; GFLOP/s = 2 x multiply-adds / that time.", ""])
+    print(report)
+    if args.out_dir:
+        write_text(report, os.path.join(args.out_dir, f"conv_kernel_{torch.device(args.device).type}.md"))
     write_json({"environment": env, "settings": vars(args), "rows": rows}, args.json)
 
 

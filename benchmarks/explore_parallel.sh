@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Full-length trainings side by side, 2 threads each: 8 at once fill the 16 cores of a lent device machine, whose
-# CPUs are otherwise idle while a session waits. Each run's summary and metrics come back in $OUT/ex.tar:
-#   (device tool) LIMIT=420 bash benchmarks/explore_parallel.sh
-# CONFIGS: one line per run, a name then `wavenet_conv.train` flags (default: the file below). LIMIT: seconds.
+# Full-length trainings side by side on a machine with many idle cores, 2 threads each (8 runs fill 16 cores):
+#   LIMIT=420 bash benchmarks/explore_parallel.sh runs.txt
+# runs.txt: one run a line, a name, then `python -m wavenet_conv.train` flags, for example
+#   qA --recipe quality
+#   qH --recipe quality -l 1e-2 -b 256 --epochs 45
+# LIMIT: seconds each run may take (default 420). Prints each run's last line; each run's summary.json and
+# metrics.jsonl end up in $OUT/ex.tar (default OUT=out/explore).
+CONFIGS=$(realpath "${1:?usage: bash benchmarks/explore_parallel.sh RUNS_FILE}") || exit 1
 cd "$(dirname "$0")/.." || exit 1
-CONFIGS=${CONFIGS:-benchmarks/results/explore_full_length/configs.txt}
 OUT=${OUT:-out/explore}
 export PYTHONUNBUFFERED=1
 lscpu | grep -E "Model name|^CPU\(s\)"

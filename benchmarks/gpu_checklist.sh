@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# ../shared/gpu-checklist.md as one script, for the device tool's `run` on a lent GPU machine:
-#   bash benchmarks/gpu_checklist.sh tests train     (or: compare sample, or all four)
-# Each step logs to $OUT/<step>.log; the files each step writes go into $OUT/<step>.tar (the tool returns at
-# most 8 files). The machine has no network: optuna (for the sweep's tests) travels as wheels in .whl/.
+# The checks for a machine with an NVIDIA GPU, one step or several:
+#   bash benchmarks/gpu_checklist.sh tests train compare sample
+# tests: the whole suite, CUDA tests included; train: the default recipe on CUDA to the lecture's val loss;
+# compare, sample: the two benchmarks on CUDA. Each step logs to $OUT/<step>.log (default OUT=out/gpu) and packs
+# the files it writes, checkpoints left out, into $OUT/<step>.tar. On a machine without network access, wheels
+# the tests need beyond torch (optuna) can wait in .whl/: they are installed into /tmp/site first.
 set -u
 OUT=${OUT:-out/gpu}
 mkdir -p "$OUT"

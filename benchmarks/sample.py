@@ -9,8 +9,8 @@ model is a seeded random one whose '.' bias is set so that names average about a
 names.txt's (6.1); characters per second (each name's characters plus its end) are reported beside it.
 `naive` samples one name at a time, so it has no batch size: its row is at batch size 1.
 
-Output: a markdown table (stdout and sample_<device>.md), a plot (sample_<device>.png), and as the last
-line of stdout one JSON object (also written to --json).
+Output: a markdown table (stdout and sample_<device>.md, headed by date, commit, machine, torch version and
+command), a plot (sample_<device>.png), and as the last line of stdout one JSON object (also written to --json).
 """
 import argparse
 import math
@@ -22,8 +22,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import torch  # noqa: E402
 
-from benchmarks.common import (available_devices, environment, keep_freed_memory, markdown_table, measure,  # noqa: E402
-                               write_json)
+from benchmarks.common import (available_devices, command_line, environment, keep_freed_memory,  # noqa: E402
+                               markdown_table, measure, report_header, write_json, write_text)
 from wavenet_conv.data.words import Vocab  # noqa: E402
 from wavenet_conv.inference.sampling import METHODS, sample  # noqa: E402
 from wavenet_conv.models.checkpoint import load  # noqa: E402
@@ -108,7 +108,8 @@ def bench_device(device, args):
 
 
 def summarize(rows, reference_batch):
-    """Per block size: each method's best batch size, the target ratios, and µs per character at one batch."""
+    """Per block size: each method's best batch size, cached against naive and full, and µs per character at one
+    batch."""
     summary = []
     for block_size in sorted({r["block_size"] for r in rows}):
         here = [r for r in rows if r["block_size"] == block_size]
@@ -203,6 +204,7 @@ def main(argv=None):
     parser.add_argument("--out-dir", default=None,
                         help=f"where sample_<device>.md and .png go (default {RESULTS_DIR}; none with --quick)")
     args = parser.parse_args(argv)
+    command = command_line(__file__, sys.argv[1:] if argv is None else argv)
     keep_freed_memory()  # timings independent of the allocator's history
     if args.quick:
         args.batch_sizes, args.block_sizes, args.naive_names = [1, 64], [8, 16], 4
@@ -234,26 +236,24 @@ def main(argv=None):
     result = {"benchmark": "sample", "model": args.checkpoint or "seeded random, mean name length ~6.1",
               "environment": {}, "results": [], "summary": []}
     for device in available_devices(args.device):
-        env = environment(device)
+        env = environment(device, command)
         rows = bench_device(device, args)
         summary = summarize(rows, args.reference_batch)
         table = markdown_table(rows, columns)
         summary_table = markdown_table(summary, summary_columns)
-        header = (f"Sampling on {env['device_name']} ({device}), torch {env['torch']}, {env['threads']} threads; "
-                  f"model: {result['model']}.")
-        text = f"{header}\n\n{summary_table}\n\n{table}\n"
+        header = report_header("Sampling: names per second of the naive, full and cached samplers", env)
+        text = (f"{header}\n\nModel: {result['model']}. Each method at its best batch size, then every "
+                f"measurement (median of the timed calls).\n\n{summary_table}\n\n{table}\n")
         print(text)
         out_dir = args.out_dir or (None if args.quick else RESULTS_DIR)
         if out_dir:
-            os.makedirs(out_dir, exist_ok=True)
-            with open(os.path.join(out_dir, f"sample_{device}.md"), "w") as f:
-                f.write(text)
+            write_text(text, os.path.join(out_dir, f"sample_{device}.md"))
             plot(rows, summary, os.path.join(out_dir, f"sample_{device}.png"))
         result["environment"][device] = env
         result["results"] += rows
         result["summary"] += [{"device": device, **s} for s in summary]
     # top level for a quick look: the environment of the first device
-    result.update(environment(available_devices(args.device)[0]))
+    result.update(environment(available_devices(args.device)[0], command))
     write_json(result, args.json)
 
 

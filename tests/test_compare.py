@@ -1,4 +1,4 @@
-"""benchmarks/compare.py: the --quick run's JSON contract, and an agreement check that catches a wrong form."""
+"""benchmarks/compare.py: the --quick run's JSON and report, and an agreement check that catches a wrong form."""
 import json
 import subprocess
 import sys
@@ -17,7 +17,7 @@ from wavenet_conv.models.config import ModelConfig
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_quick_run_prints_the_json_contract(names_path, tmp_path):
+def test_quick_run_writes_the_json_contract(names_path, tmp_path):
     out = subprocess.run(
         # one thread: on a shared 2-core machine, two OpenMP threads make every tiny op of the loop form stall
         [sys.executable, str(REPO / "benchmarks" / "compare.py"), "--quick", "--threads", "1", "-i", str(names_path),
@@ -25,10 +25,14 @@ def test_quick_run_prints_the_json_contract(names_path, tmp_path):
         capture_output=True, text=True, timeout=120, cwd=REPO,
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result == json.loads((tmp_path / "compare.json").read_text())
-    assert {"device", "torch", "threads", "results", "ratios"} <= set(result)
+    assert not out.stdout.strip().splitlines()[-1].startswith("{")  # the JSON goes to --json only
+    result = json.loads((tmp_path / "compare.json").read_text())
+    assert {"device", "torch", "threads", "results", "ratios", "environments"} <= set(result)
+    assert "targets" not in result
     assert result["device"] == "cpu"
+    env = result["environments"]["cpu"]
+    assert {"date", "commit", "command", "device_name", "torch", "threads"} <= set(env)
+    assert env["command"].startswith("python benchmarks/compare.py --quick --threads 1")
     rows = result["results"]
     for row in rows:
         assert {"form", "mode", "device", "block_size", "predictions_per_s", "gflops"} <= set(row)
@@ -46,7 +50,22 @@ def test_quick_run_prints_the_json_contract(names_path, tmp_path):
     assert (tmp_path / "compare_cpu.png").stat().st_size > 0
     rounds = ratios["eval_conv_over_tree_rounds"]
     assert len(rounds) == result["settings"]["cpu"]["rounds"] and min(rounds) <= ratios["eval_conv_over_tree"] <= max(rounds)
-    assert "| 8 | eval | conv_folded |" in (tmp_path / "compare_cpu.md").read_text()
+    report = (tmp_path / "compare_cpu.md").read_text()
+    assert "| 8 | eval | conv_folded |" in report
+    head = report.splitlines()[:8]
+    assert head[0].startswith("# ") and f"- command: `{env['command']}`" in head
+    assert any(line.startswith(f"- commit: {env['commit']}") for line in head)
+    assert "target" not in report.lower()
+    assert report.strip() in out.stdout  # the same report on stdout
+
+
+def test_quick_help_names_its_settings():
+    """--help describes what --quick runs, from the settings themselves."""
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "compare.py"), "--help"], capture_output=True,
+                         text=True, timeout=60, cwd=REPO)
+    text = " ".join(out.stdout.split())
+    sizes = " and ".join(map(str, compare.QUICK["eval_batch_sizes"]))
+    assert f"batch sizes {sizes}" in text and compare.QUICK["eval_batch_sizes"] == compare.QUICK["train_batch_sizes"]
 
 
 def test_bad_block_size_is_a_one_line_error(names_path):

@@ -19,10 +19,18 @@ def test_the_matmul_case_is_the_conv_of_the_row():
         assert_close(torch.addmm(conv.bias[:, None], taps, stacked), conv(x)[0])
 
 
-def test_a_tiny_run_prints_the_json_contract(capsys):
-    conv_kernel.main(["--positions", "64", "--channels", "8", "--dilation", "2", "--item-length", "4",
-                      "--rounds", "1"])
+def test_a_tiny_run_prints_the_json_contract_and_writes_a_headed_report(capsys, tmp_path):
+    argv = ["--positions", "64", "--channels", "8", "--dilation", "2", "--item-length", "4", "--rounds", "1",
+            "--out-dir", str(tmp_path)]
+    conv_kernel.main(argv)
     out = capsys.readouterr().out
     result = json.loads(out.strip().splitlines()[-1])
     assert len(result["rows"]) == 6 and all(r["gflops"] > 0 for r in result["rows"])
-    assert result["environment"]["threads"] == 1
+    env = result["environment"]
+    assert env["threads"] == 1
+    assert env["command"] == "python benchmarks/conv_kernel.py " + " ".join(argv)
+    report = (tmp_path / "conv_kernel_cpu.md").read_text()
+    head = report.splitlines()[:8]
+    assert head[0].startswith("# One conv level")
+    for field in ("date", "commit", "machine", "torch", "command"):
+        assert any(line.startswith(f"- {field}: ") for line in head), field
