@@ -20,6 +20,7 @@ from wavenet_conv.models.config import ModelConfig
 from wavenet_conv.models.tree import TreeWaveNet
 from wavenet_conv.training import trainer as trainer_module
 from wavenet_conv.training.optimization import learning_rate_multiplier, make_optimizer, make_scheduler
+from wavenet_conv.training.plan import RunData
 from wavenet_conv.training.recipes import get_recipe
 from wavenet_conv.training.trainer import Trainer, count_parameters
 
@@ -123,11 +124,11 @@ def test_every_output_is_written_and_reloads(tmp_path, words_file, capsys):
     assert {"torch", "python", "batches"} <= state["rng"].keys()
 
     train_words = set(split_words(read_words(words_file))[0])
-    samples = (work_dir / "samples.txt").read_text().splitlines()
-    assert len(samples) == 6
+    *samples, count = (work_dir / "samples.txt").read_text().splitlines()  # the sample command's lines
+    assert len(samples) == 6 and count.endswith("are new")
     for line in samples:
-        name, mark = line.rsplit("\t", 1)
-        assert mark == ("in train" if name in train_words else "new")
+        mark = "in train" if line.endswith("in train") else "new"
+        assert line[:-len(mark)].rstrip() in train_words if mark == "in train" else line.endswith(" new")
     assert (work_dir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "\r" not in out  # no progress bar when the output is not a terminal
 
@@ -159,7 +160,7 @@ def test_any_line_per_item_file(tmp_path, capsys):
     assert code == 0, err
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert math.isfinite(summary["test_loss"])
-    assert len((tmp_path / "run" / "samples.txt").read_text().splitlines()) == 6
+    assert len((tmp_path / "run" / "samples.txt").read_text().splitlines()) == 6 + 1  # and the count of new ones
 
 
 # --------------------------------------------------------------------------------------- interruption
@@ -314,8 +315,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, words_file,
 
 def test_lecture_recipe_first_loss(names_path, tmp_path, capsys):
     """makemore part 5's first logged loss: torch.manual_seed(42), the tree, its first random batch."""
-    trainer = Trainer(get_recipe("lecture"), *train.load_data(names_path), torch.device("cpu"), 42, tmp_path,
-                      started=0.0)
+    data = RunData.read(names_path)
+    trainer = Trainer(get_recipe("lecture"), data.vocab, data.splits, torch.device("cpu"), 42, tmp_path, started=0.0)
     assert count_parameters(trainer.model) == 76_579
     assert isinstance(trainer.optimizer, torch.optim.SGD)
     loss = trainer.train_step()
@@ -390,7 +391,19 @@ def test_cuda_without_gpu(tmp_path, words_file, capsys):
 
 
 def test_bad_flags(tmp_path, words_file, capsys):
-    assert run(["--no-such-flag"], capsys)[0] == 2
-    assert run(["--max-steps", "0"], capsys)[0] == 2
+    assert_user_error(run(["--no-such-flag"], capsys), "--no-such-flag")
+    assert_user_error(run(["--max-steps", "0"], capsys), "--max-steps")
+    assert_user_error(run(["--block-size", "abc"], capsys), "--block-size")
+    assert_user_error(run(["--block-size", "0"], capsys), "--block-size")
     assert_user_error(run(["-i", words_file, "-o", tmp_path / "run", "--block-size", "6"], capsys), "power of two")
-    assert_user_error(run(["-i", words_file, "-o", tmp_path / "run", "--batch-size", "100000"], capsys), "batch")
+
+
+def test_small_inputs(tmp_path, words_file, capsys):
+    """A batch larger than the training split is clamped, with one line; a file too small to split is refused."""
+    code, out, err = run(["-i", words_file, "-o", tmp_path / "run", *TINY, "--batch-size", "100000",
+                          "--max-steps", 2], capsys)
+    assert code == 0, err
+    assert "--batch-size 100000 is more than the 320 training items: batches of 320" in out
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_text("ab\ncd\nef\n")
+    assert_user_error(run(["-i", tiny, "-o", tmp_path / "tiny"], capsys), "too few")

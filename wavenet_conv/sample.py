@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from wavenet_conv.data.words import DEFAULT_INPUT, read_words, split_words
-from wavenet_conv.inference.sampling import METHODS, SampleError, sample
+from wavenet_conv.inference.sampling import METHODS, SampleError, describe_samples, sample
 from wavenet_conv.models.checkpoint import load
 from wavenet_conv.utils.device import DEVICE_CHOICES, resolve_device
 from wavenet_conv.utils.errors import exit_on_user_error
@@ -60,13 +60,8 @@ def main(argv=None):
             print(name)
         print(f"(no training data at {DEFAULT_INPUT}: cannot tell new names; pass --input-file)")
         return
-    seen = set(split_words(words)[0])
-    for name in names:
-        print(f"{name:<24} {'in train' if name in seen else 'new'}")
-    in_train = sum(name in seen for name in names)
-    share = in_train / len(names) if names else 0.0
-    print(f"{in_train} of {len(names)} samples ({share:.1%}) occur in the training data; "
-          f"{len(names) - in_train} are new")
+    for line in describe_samples(names, split_words(words)[0]):
+        print(line)
 
 
 if __name__ == "__main__":

@@ -25,9 +25,9 @@ from wavenet_conv.models.config import ModelConfig
 from wavenet_conv.models.registry import model_classes
 from wavenet_conv.training.batches import training_batches
 from wavenet_conv.training.optimization import make_optimizer, make_scheduler
+from wavenet_conv.training.workdir import RESUME_NAME
 from wavenet_conv.utils.errors import CheckpointError, UserError
 
-RESUME_NAME = "last.pt"
 SAVE_EVERY_S = 30  # last.pt is never older than this while training runs
 PROGRESS_EVERY_S = 0.5  # how often the bar's loss and names/s are refreshed
 
@@ -240,7 +240,7 @@ class Trainer:
         note = " (best)" if improved else ""
         if reached:
             note += f", target {self.target_loss} reached at {self.seconds_to_target:.1f} s"
-        tqdm.write(f"step {self.step:7d}/{self.max_steps:7d}: val {val:.4f}{note} | lr {self.lr:.3g} | "
+        tqdm.write(f"step {self.step:7d}/{self.max_steps}: val loss {val:.4f}{note} | lr {self.lr:.3g} | "
                    f"{self.elapsed():.1f} s")
         if improved:
             self.save(best=True)
@@ -276,7 +276,7 @@ class Trainer:
                     bar.set_postfix_str(f"loss {loss:.4f}, {rate:,.0f} {self.batches.unit}/s", refresh=False)
                     rate_since = (now, self.step)
                 if step % recipe.log_interval == 0:
-                    tqdm.write(f"{step:7d}/{self.max_steps:7d}: {loss:.4f}")  # the lecture's progress line
+                    tqdm.write(f"step {step:7d}/{self.max_steps}: train loss {loss:.4f}")  # the lecture's progress line
                     self.log(step=step, split="train", loss=loss, lr=self.lr)
                 if self.step % recipe.eval_interval == 0 or self.step == self.max_steps:
                     if self.validate():

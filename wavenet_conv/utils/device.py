@@ -1,4 +1,6 @@
-"""Choosing the torch device from a `--device auto|cpu|cuda` flag."""
+"""Choosing the torch device from a `--device auto|cpu|cuda` flag, and naming it."""
+import platform
+
 import torch
 
 from wavenet_conv.utils.errors import UserError
@@ -40,3 +42,15 @@ def use_exact_float32_convolutions():
     """
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cudnn.benchmark = False
+
+
+def hardware_name(device, threads=True):
+    """The GPU's name, or the CPU's with this process's thread count (threads=False: without it)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        name = platform.processor() or platform.machine()
+    return f"{name}, {torch.get_num_threads()} threads" if threads else name

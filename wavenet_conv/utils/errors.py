@@ -1,4 +1,5 @@
-"""User-facing errors, and the guard that turns them into a one-line message and exit status 2."""
+"""User-facing errors, and the guards that turn them into a one-line message and exit status 2."""
+import argparse
 import functools
 import sys
 
@@ -27,3 +28,11 @@ def exit_on_user_error(main):
             raise SystemExit(2) from None
 
     return guarded
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with every mistake in the flags reported as one line (`error: ...`, exit status 2), as the
+    commands' own checks report theirs, instead of the usage block followed by the message."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see {self.prog} --help)")

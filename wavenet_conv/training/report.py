@@ -1,0 +1,45 @@
+"""What a run reports when it ends: its losses over every prediction of each split, samples and summary.json."""
+import json
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from wavenet_conv.inference.evaluation import SplitEvaluator
+from wavenet_conv.inference.sampling import describe_samples, sample
+from wavenet_conv.training.trainer import output_is_terminal
+from wavenet_conv.utils.device import hardware_name
+
+
+def final_losses(model, splits, vocab):
+    """{split: loss} of the model a run reports, over every prediction of each split."""
+    return {name: SplitEvaluator(words, vocab).loss(model)
+            for name, words in tqdm(splits.items(), desc="final evaluation", disable=not output_is_terminal(),
+                                    leave=False)}
+
+
+def losses_line(losses, note):
+    return f"train {losses['train']:.4f} | val {losses['val']:.4f} | test {losses['test']:.4f} ({note})"
+
+
+def write_samples(model, vocab, train_words, path, num_samples, seed):
+    """samples.txt: the lines `python -m wavenet_conv.sample` prints for the same model and seed."""
+    generator = torch.Generator().manual_seed(seed)
+    names = sample(model, vocab, num_samples, generator=generator, max_len=2 * max(map(len, train_words)))
+    lines = describe_samples(names, train_words)
+    Path(path).write_text("".join(line + "\n" for line in lines))
+    return lines
+
+
+def run_facts(plan, device, config):
+    """The summary's description of the run: where it ran, the model, the recipe and the command."""
+    return {
+        "device": device.type, "hardware": hardware_name(device), "torch": torch.__version__,
+        "model": plan.recipe.model, "recipe": plan.recipe.name, "config": config.to_dict(),
+        "settings": plan.recipe.to_dict(), "seed": plan.seed, "input_file": str(plan.input_file),
+        "command": plan.command,
+    }
+
+
+def write_summary(work_dir, summary):
+    (Path(work_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
