@@ -108,6 +108,17 @@ def sample(model, vocab, num_samples, *, method=None, generator=None, temperatur
     return decode_names(tokens, vocab)
 
 
+def describe_samples(names, train_words):
+    """One line per name, marked as in the training split or new, then how many are new: what the sample
+    command prints and a run's samples.txt holds."""
+    seen = set(train_words)
+    lines = [f"{name:<24} {'in train' if name in seen else 'new'}" for name in names]
+    in_train = sum(name in seen for name in names)
+    share = in_train / len(names) if names else 0.0
+    return lines + [f"{in_train} of {len(names)} samples ({share:.1%}) occur in the training data; "
+                    f"{len(names) - in_train} are new"]
+
+
 def decode_names(tokens, vocab):
     """Rows of tokens, each name followed by 0s only, to strings in one vectorised pass (b t -> b names)."""
     tokens = tokens.numpy()
