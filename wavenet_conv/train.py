@@ -11,6 +11,7 @@ The command reads top-down: parse the flags, plan the run (a recipe with the fla
 --resume continues), run it (training/pipeline.py: a teacher, members, the model), report where it went.
 The work dir's files are listed in training/workdir.py.
 """
+import signal
 import sys
 import time
 from dataclasses import replace
@@ -146,7 +147,7 @@ def main(argv=None, on_validation=None):
             return sample_only(args)
         data = RunData.read(args.input_file)
         plan = make_plan(args, argv, data)
-        with WorkDirLock(plan.work_dir):
+        with WorkDirLock(plan.work_dir), StopBetweenSteps():
             if not plan.resume:
                 prepare_fresh(plan.work_dir, args.overwrite)
             try:
@@ -158,6 +159,28 @@ def main(argv=None, on_validation=None):
         return summary
     finally:
         torch.set_num_threads(threads)  # in-process callers get their setting back
+
+
+class StopBetweenSteps:
+    """Ctrl-C or SIGTERM outside a training loop (which saves and stops at a step boundary): stop at once, as
+    RunStopped, with nothing lost: every checkpoint written so far stays, and --resume continues from them."""
+
+    def __enter__(self):
+        self.previous = {}
+        try:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self.previous[signum] = signal.signal(signum, self.stop)
+        except ValueError:  # not the main thread: signals stay with whoever owns them
+            pass
+        return self
+
+    def stop(self, signum, frame):
+        raise RunStopped(signum, f"{signal.Signals(signum).name}: stopped between training steps; every "
+                                 f"checkpoint written so far is kept: continue with --resume")
+
+    def __exit__(self, *exc):
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
 
 
 def make_plan(args, argv, data):

@@ -5,6 +5,7 @@
 Each stage keeps its own checkpoints in its own work dir, so a --resume after a kill at any stage continues
 every stage from where it stopped and runs no finished one again.
 """
+import json
 from dataclasses import replace
 
 from wavenet_conv.data.words import encode_items
@@ -57,8 +58,13 @@ def distillation_teacher(plan, data, device, started):
         facts = {"path": str(recipe.teacher)}
     else:
         stage = teacher_plan(plan)
-        print(f"distilling from a teacher trained first in {str(stage.work_dir)!r}:")
-        summary = run_training(stage, data, started)
+        finished = stage.work_dir / "summary.json"  # a run's last file: the teacher's run is complete
+        if stage.resume and finished.is_file():
+            print(f"distilling from the teacher trained before in {str(stage.work_dir)!r}")
+            summary = json.loads(finished.read_text())
+        else:
+            print(f"distilling from a teacher trained first in {str(stage.work_dir)!r}:")
+            summary = run_training(stage, data, started)
         teacher, teacher_vocab = load(stage.work_dir, device)
         facts = {"work_dir": TEACHER_DIR, **{k: summary[k] for k in ("val_loss", "test_loss", "params", "seconds_total")}}
     if teacher_vocab.itos != data.vocab.itos:
