@@ -3,6 +3,7 @@
 Random models get random weights *and* random batch-norm gamma, beta and running statistics, so that an
 equivalence check cannot pass because some part of the model is still at its identity initialisation.
 """
+import os
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("cuda") is not None:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def item_store_cache(tmp_path_factory):
+    """The token stores of the tests' input files go to a temporary cache, not the user's (subprocesses too)."""
+    previous = os.environ.get("WAVENET_CONV_CACHE")
+    os.environ["WAVENET_CONV_CACHE"] = str(tmp_path_factory.mktemp("item_store_cache"))
+    yield
+    if previous is None:
+        del os.environ["WAVENET_CONV_CACHE"]
+    else:
+        os.environ["WAVENET_CONV_CACHE"] = previous
 
 
 @pytest.fixture(scope="session", autouse=True)
