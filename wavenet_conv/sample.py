@@ -2,7 +2,6 @@
 
     python -m wavenet_conv.sample -o out -n 20 --temperature 0.8 --prefix ja
 """
-import argparse
 from pathlib import Path
 
 import torch
@@ -11,7 +10,7 @@ from wavenet_conv.data.words import DEFAULT_INPUT, read_words, split_words
 from wavenet_conv.inference.sampling import METHODS, SampleError, describe_samples, sample
 from wavenet_conv.models.checkpoint import load
 from wavenet_conv.utils.device import DEVICE_CHOICES, resolve_device
-from wavenet_conv.utils.errors import exit_on_user_error
+from wavenet_conv.utils.errors import ArgumentParser, exit_on_user_error
 
 
 def read_training_words(input_file, explicit):
@@ -23,7 +22,7 @@ def read_training_words(input_file, explicit):
 
 @exit_on_user_error
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Sample names from a trained wavenet_conv model.")
+    parser = ArgumentParser(prog="python -m wavenet_conv.sample", description="Sample names from a trained wavenet_conv model.")
     parser.add_argument("--work-dir", "-o", required=True, help="work dir (or model.pt) of the trained model")
     parser.add_argument("--num-samples", "-n", type=int, default=20, help="number of names to sample")
     parser.add_argument("--temperature", type=float, default=1.0, help="divide the logits by this (> 0)")

@@ -3,16 +3,14 @@
     python -m wavenet_conv.data                # summarise data/names.txt
     python -m wavenet_conv.data --download     # fetch it again from the makemore repository, checking its sha256
 """
-import argparse
-
 from wavenet_conv.data.download import NAMES_SHA256, NAMES_URL, download, sha256_of
 from wavenet_conv.data.words import DEFAULT_INPUT, Vocab, read_words, split_words
-from wavenet_conv.utils.errors import exit_on_user_error
+from wavenet_conv.utils.errors import ArgumentParser, exit_on_user_error
 
 
 @exit_on_user_error
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Fetch and inspect wavenet_conv datasets.")
+    parser = ArgumentParser(prog="python -m wavenet_conv.data", description="Fetch and inspect wavenet_conv datasets.")
     parser.add_argument("--download", action="store_true", help="download names.txt and verify its sha256")
     parser.add_argument("--url", default=NAMES_URL, help="where to download from")
     parser.add_argument("--output", "-o", default=DEFAULT_INPUT, help="where to write the downloaded file")
