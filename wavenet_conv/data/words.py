@@ -93,7 +93,10 @@ def build_windows(words, vocab, block_size):
 
 
 def encode_items(words, vocab):
-    """Whole items as token lists [w1 .. wL]; the model input adds the leading '.' and the target the final one."""
+    """Whole items as token lists [w1 .. wL]; the model input adds the leading '.' and the target the final one.
+    Items of a token store (data/store.py ItemSplit) are encoded already: they are returned as they are."""
+    if hasattr(words, "store"):
+        return words
     return [vocab.encode(w) for w in words]
 
 

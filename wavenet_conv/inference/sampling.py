@@ -111,7 +111,7 @@ def sample(model, vocab, num_samples, *, method=None, generator=None, temperatur
 def describe_samples(names, train_words):
     """One line per name, marked as in the training split or new, then how many are new: what the sample
     command prints and a run's samples.txt holds."""
-    seen = set(train_words)
+    seen = train_words if hasattr(train_words, "store") else set(train_words)  # a token store answers `in` itself
     lines = [f"{name:<24} {'in train' if name in seen else 'new'}" for name in names]
     in_train = sum(name in seen for name in names)
     share = in_train / len(names) if names else 0.0

@@ -6,7 +6,8 @@ per member, a distilling run one for its teacher.
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from wavenet_conv.data.words import Vocab, read_words, split_words
+from wavenet_conv.data.store import ItemStore
+from wavenet_conv.data.words import Vocab
 from wavenet_conv.inference.evaluation import SPLIT_NAMES
 from wavenet_conv.training.recipes import Recipe
 from wavenet_conv.utils.errors import CheckpointError, DatasetError
@@ -39,11 +40,12 @@ class RunData:
 
     @classmethod
     def read(cls, input_file):
-        words = read_words(input_file)
-        if len(words) < MIN_ITEMS:
-            raise DatasetError(f"{str(input_file)!r} has {len(words)} items: too few to split into train, val and "
+        """The input file's items from its token store (data/store.py: encoded once, cached, memory-mapped)."""
+        store = ItemStore.open(input_file)
+        if len(store) < MIN_ITEMS:
+            raise DatasetError(f"{str(input_file)!r} has {len(store)} items: too few to split into train, val and "
                                f"test (at least {MIN_ITEMS})")
-        return cls(Vocab.from_words(words), dict(zip(SPLIT_NAMES, split_words(words))))
+        return cls(store.vocab, dict(zip(SPLIT_NAMES, store.splits())))
 
 
 def resumed_recipe(saved, overrides):

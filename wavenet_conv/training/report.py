@@ -25,7 +25,8 @@ def losses_line(losses, note):
 def write_samples(model, vocab, train_words, path, num_samples, seed):
     """samples.txt: the lines `python -m wavenet_conv.sample` prints for the same model and seed."""
     generator = torch.Generator().manual_seed(seed)
-    names = sample(model, vocab, num_samples, generator=generator, max_len=2 * max(map(len, train_words)))
+    longest = int(train_words.lengths.max()) if hasattr(train_words, "lengths") else max(map(len, train_words))
+    names = sample(model, vocab, num_samples, generator=generator, max_len=2 * longest)
     lines = describe_samples(names, train_words)
     Path(path).write_text("".join(line + "\n" for line in lines))
     return lines
