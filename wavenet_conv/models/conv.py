@@ -18,7 +18,8 @@ statistics apply, and the conv equals the tree exactly (tests/test_equivalence.p
 
 How a batch runs fast (packing.py): its items back to back in one packed row of n positions, level 0 as a
 table of token pairs, each level's Conv1d over the row with the item starts fixed exactly. Read
-`causal_conv(conv, x, row, left)` as "the Conv1d over each item, with `left` in front of it".
+`causal_conv(conv, x, row, left)` as "the Conv1d over each item, with `left` in front of it". The row's
+layout (`ItemRow`) comes with the batch, made on the CPU, so the forward never waits for the device.
 
 Shape legend: b batch, t time, n positions of the packed row, c channels, h hidden channels, k taps, v vocab.
 """
@@ -29,7 +30,7 @@ from torch import nn
 
 from wavenet_conv.models.activations import tanh, tanh_
 from wavenet_conv.models.channels_last import ChannelsLastConv1d
-from wavenet_conv.models.packing import ItemRow, all_dot_node, causal_conv, first_level
+from wavenet_conv.models.packing import all_dot_node, causal_conv, first_level, packed_row
 from wavenet_conv.models.tree import TreeWaveNet
 
 
@@ -44,14 +45,16 @@ class ConvWaveNet(nn.Module):
         )
         self.head = nn.Linear(config.n_hidden, config.vocab_size)  # position-wise output layer
 
-    def forward(self, idx, targets=None):
-        """idx (b t): items that start with '.', as pad_items makes them; targets (b t), -1 on right padding.
+    def forward(self, idx, targets=None, layout=None):
+        """idx (b t): items that start with '.', as pad_items makes them; targets (b t), -1 on right padding;
+        layout: the batch's `ItemRow.of(idx, targets)` on idx's device, as the batches make it (None: made
+        here, which reads the batch's values).
 
         Logits (b t v) at every position (0 on right padding); logits[:, t] sees only
         idx[:, t - block_size + 1 .. t], with the item's first node standing for the dots before it. The
         batch's valid positions (all of them without targets) run packed in one row, through every level.
         """
-        row = ItemRow.of(idx, targets)
+        row = packed_row(idx, targets, layout)
         tokens = row.pack(idx)  # n: items back to back, each from its '.'
         first, *above = self.levels
         # the embedding and level 0 at once: level 0 sees a pair of tokens, so it is a table of the v * v pairs

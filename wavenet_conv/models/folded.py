@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from wavenet_conv.models.activations import tanh, tanh_
-from wavenet_conv.models.packing import ItemRow, all_dot_node, causal_conv, look_up_pairs, pair_index, pair_table
+from wavenet_conv.models.packing import all_dot_node, causal_conv, look_up_pairs, pair_index, pair_table, packed_row
 
 
 class FoldedConvWaveNet(nn.Module):
@@ -63,10 +63,10 @@ class FoldedConvWaveNet(nn.Module):
         return self.head(top)  # b ... h -> b ... v
 
     @torch.no_grad()
-    def forward(self, idx, targets=None):
+    def forward(self, idx, targets=None, layout=None):
         """idx (b t), items starting with '.' as for ConvWaveNet -> logits (b t v), 0 on right padding (targets
-        -1), which is never computed."""
-        row = ItemRow.of(idx, targets)
+        -1), which is never computed. layout: the batch's `ItemRow.of(idx, targets)`, as for ConvWaveNet."""
+        row = packed_row(idx, targets, layout)
         pairs = pair_index(row.pack(idx), row, self.config.vocab_size)  # n: each position's level-0 pair
         if len(self.levels) == 1:
             x = look_up_pairs(self.pair_table, pairs)  # n h

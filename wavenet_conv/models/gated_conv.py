@@ -61,8 +61,11 @@ class GatedConvWaveNet(nn.Module):
         self.head_hidden = nn.Linear(r, r)  # position-wise, as a 1×1 conv
         self.head = nn.Linear(r, config.vocab_size)
 
-    def forward(self, idx, targets=None):
-        """idx (b t) = [0, w1..wL] right-padded; logits[:, t] see only idx[:, t - block_size + 1 .. t]."""
+    def forward(self, idx, targets=None, layout=None):
+        """idx (b t) = [0, w1..wL] right-padded; logits[:, t] see only idx[:, t - block_size + 1 .. t].
+
+        layout (an `ItemRow`, as the batches hand every conv) is not read: this stack runs over the padded
+        batch, where no op waits for the device (padding's loss is dropped by ignore_index, on the device)."""
         x = rearrange(self.embedding(idx), "b t c -> b c t")
         skips = 0
         for level in self.levels:

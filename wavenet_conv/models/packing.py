@@ -20,6 +20,12 @@ node as left context. This module computes exactly that, with less work:
   position. In training the batch norm statistics count each pair once per position that holds it
   (`counted_batch_norm`): the same numbers as over the positions.
 
+**The layout comes with the batch** (`ItemRow`): the batches make each one's row on the CPU, with every index
+and decision above (item starts, pack indices, the positions that cross an item start at each dilation, the
+length runs), and the model takes it as `layout=`. So the forward and backward issue no op that waits for a
+CUDA device (no boolean masks, nonzero, unique or `.item()`; tests/test_sync.py). Without one, the model makes
+it itself, reading the batch's values.
+
 Why rows: gathers of table rows, batch norm, the output layer and the item-start fixes all read or write whole
 rows, and a run of equally long items is a contiguous (b t c) block whose (b, c, t) view is channels-last,
 which `ChannelsLastConv1d` (channels_last.py) convolves in place as NHWC. docs/performance.md gives the
@@ -28,7 +34,7 @@ measurements behind each choice.
 Shape legend: b batch, t time, n positions of the packed row, m positions of it that read across an item's
 start, c channels, h hidden channels, k taps (0: earlier, 1: later), v vocab, p rows of a pair table.
 """
-import functools
+import copy
 
 import torch
 import torch.nn.functional as F
@@ -45,77 +51,160 @@ LENGTH_RUN_POSITIONS = 768
 
 
 class ItemRow:
-    """Items of lengths `lengths` (b) back to back in one row of n positions: where each item starts and where
-    each position sits. Every form that packs (training, evaluation, the folded form) reads its layout here.
-    `valid` (b t) marks the positions of the padded batch the row holds (None: all of them)."""
+    """Items of lengths `lengths` (b) back to back in one row of n positions, taken from a padded (b, time)
+    batch: where each item starts, where each position sits, and all that the levels read off that layout,
+    computed once when the row is made, on the device of `lengths`.
 
-    def __init__(self, lengths, valid=None):
+    The batches make it on the CPU (`of`) and hand it to the model with their tensors (`to`); the forward then
+    asks the device nothing, as FlashAttention's varlen kernels take `cu_seqlens` and `max_seqlen` from their
+    caller: each shape and branch reads a Python number held here (`n`, `longest`, `in_long_length_runs`,
+    `length_runs`, `few_longer_than`), each gather and scatter an index tensor (`pack_index`, `crossing`,
+    `long_items_index`), never a boolean mask, nonzero or unique on the device.
+
+    `of` makes the indices of dilations 2, 4, .. below the longest item (`make_level_indices`); a row made
+    otherwise, or another dilation, makes them at first use.
+    """
+
+    def __init__(self, lengths, time=None):
+        lengths = torch.as_tensor(lengths, dtype=torch.long)
+        device = lengths.device
         self.lengths = lengths  # b
-        self.valid = valid  # b t, or None
-        self.starts = torch.cumsum(lengths, 0) - lengths  # b: each item's first position in the row
-        self.item = torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)  # n
-        self.offset = torch.arange(len(self.item), device=lengths.device) - self.starts[self.item]  # n
+        self.n = int(lengths.sum())  # positions of the row
         self.longest = int(lengths.max()) if len(lengths) else 0
+        self.batch_shape = (len(lengths), self.longest if time is None else time)  # b, t of the padded batch
+        self.starts = torch.cumsum(lengths, 0) - lengths  # b: each item's first position in the row
+        self.item = torch.repeat_interleave(torch.arange(len(lengths), device=device), lengths,
+                                            output_size=self.n)  # n
+        self.offset = torch.arange(self.n, device=device) - self.starts.index_select(0, self.item)  # n
+        b, t = self.batch_shape
+        # each position's place in the flattened padded batch; None where the row is the whole batch
+        self.pack_index = None if self.n == b * t else self.item * t + self.offset  # n
+        runs, items = torch.unique_consecutive(lengths, return_counts=True)
+        self.length_runs = list(zip(runs.tolist(), items.tolist()))  # (length, items) of each run, in row order
+        self.in_long_length_runs = runs_are_long(lengths, self.n, len(self.length_runs))
+        self.indices = {}  # (name, dilation) -> index tensor, made by `crossing` and `long_items_index`
+        self.positions_longer = {}  # dilation -> positions in items longer than it
+
+    def make_level_indices(self):
+        """The indices and decisions of the levels at dilations 2, 4, .. below the longest item (level 0, at
+        dilation 1, is a table of token pairs; at or above the longest no level reads across an item start),
+        each for the path `causal_conv` takes there."""
+        dilation = 2
+        while dilation < self.longest:
+            if self.few_longer_than(dilation):
+                self.long_items_index(dilation)
+            else:
+                self.crossing(dilation)
+            dilation *= 2
+        return self
 
     @classmethod
     def of(cls, idx, targets=None):
-        """The row of a (b t) batch: its valid positions (target not -1), or every position without targets."""
+        """The row of a (b t) batch: its valid positions (target not -1), or every position without targets.
+        Made on the CPU, where its checks and indices wait for no device; move it with `to`."""
+        idx = idx.cpu()
         if idx.shape[1] and (idx[:, 0] != 0).any():
             raise ValueError("every item must start with '.' (token 0), as pad_items makes them")
         if targets is None:
-            return cls(torch.full((idx.shape[0],), idx.shape[1], device=idx.device))
-        valid = targets != IGNORE_INDEX  # b t
+            return cls(torch.full((idx.shape[0],), idx.shape[1]), time=idx.shape[1]).make_level_indices()
+        valid = targets.cpu() != IGNORE_INDEX  # b t
         lengths = valid.sum(1)  # b: items + 1, the end marker
-        if not torch.equal(valid, torch.arange(idx.shape[1], device=idx.device) < lengths[:, None]):
+        if not torch.equal(valid, torch.arange(idx.shape[1]) < lengths[:, None]):
             raise ValueError("targets must be -1 only on right padding, after each item's end marker")
-        return cls(lengths, valid)
+        return cls(lengths, time=idx.shape[1]).make_level_indices()
+
+    def to(self, device, non_blocking=False):
+        """This row on `device`: its index tensors moved in one copy (from pinned memory to a CUDA device, so that
+        a non-blocking copy leaves the host free), its Python numbers kept."""
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        if device == self.lengths.device:
+            return self
+        moved = copy.copy(self)
+        names = [name for name, value in vars(self).items() if isinstance(value, torch.Tensor)]
+        keys = list(self.indices)
+        tensors = [getattr(self, name) for name in names] + [self.indices[key] for key in keys]
+        flat = torch.cat(tensors)  # every index is 1-d and long
+        if device.type == "cuda":
+            flat = flat.pin_memory()
+        parts = flat.to(device, non_blocking=non_blocking).split([len(tensor) for tensor in tensors])
+        for name, part in zip(names, parts):
+            setattr(moved, name, part)
+        moved.indices = dict(zip(keys, parts[len(names):]))
+        moved.positions_longer = dict(self.positions_longer)
+        return moved
+
+    def check(self, idx):
+        """Refuse a row made for another batch (its shape: comparing values would wait for the device)."""
+        if tuple(idx.shape) != self.batch_shape:
+            raise ValueError(f"the layout is of a {self.batch_shape} batch, not of this {tuple(idx.shape)} one")
+        return self
 
     def pack(self, batch):
-        """b t -> n: the row's positions of a padded batch (its tokens or its targets), items back to back."""
-        return batch.reshape(-1) if self.valid is None else batch[self.valid]
+        """b t ... -> n ...: the row's positions of a padded batch (its tokens, targets or logits), items back to
+        back."""
+        flat = rearrange(batch, "b t ... -> (b t) ...")
+        return flat if self.pack_index is None else flat.index_select(0, self.pack_index)
 
     def unpack(self, packed):
         """n v -> b t v: the row's outputs in the batch's layout, 0 on right padding."""
-        if self.valid is None:
-            return rearrange(packed, "(b t) v -> b t v", b=len(self.lengths))
-        out = packed.new_zeros(*self.valid.shape, packed.shape[-1])
-        out[self.valid] = packed
-        return out
+        b, t = self.batch_shape
+        if self.pack_index is not None:
+            packed = packed.new_zeros(b * t, packed.shape[-1]).index_copy_(0, self.pack_index, packed)  # (b t) v
+        return rearrange(packed, "(b t) v -> b t v", b=b)
 
     def crossing(self, dilation):
         """The positions whose earlier tap at this dilation reads the item before (m); the first item's read
         the left padding, its own all-dot node, already."""
-        position = torch.arange(len(self.offset), device=self.offset.device)
-        return torch.nonzero((self.offset < dilation) & (position >= dilation)).squeeze(1)
+        key = ("crossing", dilation)
+        if key not in self.indices:
+            position = torch.arange(self.n, device=self.offset.device)
+            self.indices[key] = torch.nonzero((self.offset < dilation) & (position >= dilation)).squeeze(1)
+        return self.indices[key]
 
-    def longer_than(self, dilation):
-        """Whether each position's item is longer than `dilation` (n): only such items have positions whose
-        earlier tap reads inside the item."""
-        return self.lengths[self.item] > dilation
+    def long_items_index(self, dilation):
+        """What `long_items_conv` gathers at this dilation: the positions at offset < dilation (m), those of items
+        longer than it (n_long), and for each position its row of [the former's outputs; the module's outputs
+        on the latter's sub-row] (n)."""
+        keys = [(name, dilation) for name in ("near_start", "in_long_items", "long_items_source")]
+        if keys[0] not in self.indices:
+            near_start = self.offset < dilation  # n
+            longer = self.lengths.index_select(0, self.item) > dilation  # n
+            near_start_positions = torch.nonzero(near_start).squeeze(1)  # m
+            # the module's output j is the sub-row's position j + dilation
+            source = torch.where(near_start, torch.cumsum(near_start, 0) - 1,
+                                 len(near_start_positions) + torch.cumsum(longer, 0) - 1 - dilation)  # n
+            self.indices.update(zip(keys, (near_start_positions, torch.nonzero(longer).squeeze(1), source)))
+        return [self.indices[key] for key in keys]
 
     def positions_longer_than(self, dilation):
         """How many of the row's positions lie in items longer than `dilation`."""
-        return int(self.lengths[self.lengths > dilation].sum())
-
-    @functools.cached_property
-    def length_runs(self):
-        """(length, items) for each run of equally long items, in row order."""
-        lengths, counts = torch.unique_consecutive(self.lengths, return_counts=True)
-        return list(zip(lengths.tolist(), counts.tolist()))
-
-    @functools.cached_property
-    def in_long_length_runs(self):
-        """Whether the items come shortest first (as evaluation sorts them) in runs of one length that average
-        LENGTH_RUN_POSITIONS positions or more: then each run is a (b, c, t) batch as it lies in the row."""
-        if len(self.lengths) == 0 or not bool((self.lengths[1:] >= self.lengths[:-1]).all()):
-            return False
-        return len(self.offset) >= LENGTH_RUN_POSITIONS * len(self.length_runs)
+        if dilation not in self.positions_longer:
+            self.positions_longer[dilation] = int(torch.where(self.lengths > dilation, self.lengths, 0).sum())
+        return self.positions_longer[dilation]
 
     def few_longer_than(self, dilation):
         """Whether under 3/4 of the positions lie in items longer than `dilation`: then the convolution runs on
         those items alone (`causal_conv`)."""
-        return 4 * self.positions_longer_than(dilation) < 3 * len(self.offset)
+        return 4 * self.positions_longer_than(dilation) < 3 * self.n
 
+
+def runs_are_long(lengths, n, runs):
+    """Whether items of these lengths (b), n positions in `runs` runs of one length, come shortest first (as
+    evaluation sorts them) in runs that average LENGTH_RUN_POSITIONS positions or more: then each run is a
+    (b, c, t) batch as it lies in the row."""
+    if len(lengths) == 0 or not bool((lengths[1:] >= lengths[:-1]).all()):
+        return False
+    return n >= LENGTH_RUN_POSITIONS * runs
+
+
+def packed_row(idx, targets, layout):
+    """The row a model runs a batch as: the layout the batch came with (checked by its shape alone), or, made
+    here, the one `ItemRow.of` makes, which reads the batch's values (on a CUDA device: waits for it)."""
+    if layout is not None:
+        return layout.check(idx)
+    return ItemRow.of(idx, targets).to(idx.device)
 
 
 def all_dot_node(x):
@@ -138,7 +227,7 @@ def pair_table(conv, embedding, vocab_size):
 def pair_index(tokens, row, vocab_size):
     """n -> n: each position's row of the pair table; an item's first position pairs its '.' with itself (the
     dots before the item)."""
-    earlier = torch.roll(tokens, 1).index_copy_(0, row.starts, tokens[row.starts])  # n
+    earlier = torch.roll(tokens, 1).index_copy_(0, row.starts, tokens.index_select(0, row.starts))  # n
     return earlier * vocab_size + tokens
 
 
@@ -210,14 +299,10 @@ def long_items_conv(conv, x, row, later_tap, before_item):
     reads the all-dot node with its earlier tap (the later tap plus `before_item`, as at item starts); the
     others, each in an item longer than d, come from the module run over the sub-row of those items, unpadded:
     its output j is the sub-row's position j + d, kept only where that position is at offset >= d."""
-    d = conv.dilation[0]
-    at_start = row.offset < d  # n
-    longer = row.longer_than(d)  # n
-    starts = torch.nonzero(at_start).squeeze(1)  # m
-    at_starts = torch.addmm(before_item, x.index_select(0, starts), later_tap.T)  # m h
-    inside = as_rows(conv(as_time(x.index_select(0, torch.nonzero(longer).squeeze(1)))))  # n_long c -> (n_long - d) h
-    # each position's row of [at_starts; inside]: its rank among the item starts, or its sub-row output
-    source = torch.where(at_start, torch.cumsum(at_start, 0) - 1, len(starts) + torch.cumsum(longer, 0) - 1 - d)
+    near_start, in_long_items, source = row.long_items_index(conv.dilation[0])  # m, n_long, n
+    at_starts = torch.addmm(before_item, x.index_select(0, near_start), later_tap.T)  # m h
+    inside = as_rows(conv(as_time(x.index_select(0, in_long_items))))  # n_long c -> (n_long - d) h
+    # each position's row of [at_starts; inside]: its rank among the positions near a start, or its sub-row output
     return torch.cat([at_starts, inside]).index_select(0, source)  # n h
 
 
@@ -234,16 +319,17 @@ def activate_pair_table(level, table, pairs):
     (n): in eval mode node by node; in training each row's statistics weigh as many positions as hold it."""
     if not level.training:
         return level.activate(table)
-    counts = torch.bincount(pairs, minlength=len(table)).to(table.dtype)  # (v v)
-    return tanh(counted_batch_norm(level.bn, table, counts))
+    # index_add_, not bincount, which on a CUDA device reads the largest pair to size its output
+    counts = table.new_zeros(len(table)).index_add_(0, pairs, table.new_ones(1).expand(len(pairs)))  # (v v)
+    return tanh(counted_batch_norm(level.bn, table, counts, len(pairs)))
 
 
-def counted_batch_norm(bn, table, counts):
-    """Training-mode batch norm over positions that hold `counts` (p) copies of the rows of `table` (p h):
-    the statistics of those positions (the unbiased variance, as the lecture's), from p rows: p h -> p h."""
-    n = counts.sum()
+def counted_batch_norm(bn, table, counts, n):
+    """Training-mode batch norm over the n positions that hold `counts` (p) copies of the rows of `table`
+    (p h): the statistics of those positions (the unbiased variance, as the lecture's), from p rows:
+    p h -> p h. n is counts' sum, known on the host."""
     if n < 2:
-        raise ValueError(f"batch norm in training needs at least 2 positions; this batch has {int(n)}")
+        raise ValueError(f"batch norm in training needs at least 2 positions; this batch has {n}")
     mean = counts @ table / n  # h
     centered = table - mean  # p h
     var = counts @ centered.square() / (n - 1)  # h
