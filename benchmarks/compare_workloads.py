@@ -2,7 +2,8 @@
 
 A workload is one timed call: a fixed set of predictions (the validation split for eval, a fixed slice of
 the training split for train) in batches of about `batch_size` predictions, with everything a step needs
-(window tensors, padded length-bucketed batches) already built and on the device.
+(window tensors, padded length-bucketed batches and their packed rows' layouts, as the trainer's and the
+evaluator's batches carry them) already built and on the device.
 
 Forms (all hold the same weights, checked by compare.py before timing):
 - loop: the lecture's tree, one window at a time (eval only: one window is no batch for batch norm);
@@ -145,8 +146,13 @@ def train_model(tree, form):
     return ConvWaveNet.from_tree(tree).train()
 
 
-def folded_loss(model, x, y):
-    logits = model(x, y)  # b t v
+def layouts_of(chunks):
+    """Each padded batch's packed-row layout, made on the CPU and moved to its device, as the batches make it."""
+    return [ItemRow.of(x, y).to(x.device) for x, y in chunks]
+
+
+def folded_loss(model, x, y, layout=None):
+    logits = model(x, y, layout=layout)  # b t v
     return logits, F.cross_entropy(rearrange(logits, "b t v -> (b t) v"), rearrange(y, "b t -> (b t)"),
                                    ignore_index=IGNORE_INDEX)
 
@@ -164,13 +170,19 @@ def eval_workload(form, model, config, data, batch_size):
     else:
         chunks, _ = item_chunks(items, batch_size, device, data["generator"])
         macs = chunk_macs(form, "eval", config, chunks)
-    step = (lambda x, y: folded_loss(model, x, y)) if form == "conv_folded" else model
+    layouts = layouts_of(chunks) if form in CONV_FORMS else [None] * len(chunks)
+
+    def step(inputs, targets, layout):
+        if form == "conv_folded":
+            return folded_loss(model, inputs, targets, layout)
+        return model(inputs, targets) if layout is None else model(inputs, targets, layout=layout)
+
     n_predictions = sum(int((y != IGNORE_INDEX).sum()) for _, y in chunks)
 
     def run():
         with torch.no_grad():
-            for inputs, targets in chunks:
-                step(inputs, targets)
+            for (inputs, targets), layout in zip(chunks, layouts):
+                step(inputs, targets, layout)
 
     return Workload(form, "eval", batch_size, n_predictions, len(chunks), macs, run)
 
@@ -186,17 +198,19 @@ def train_workload(form, model, config, data, batch_size):
         n = max(batch_size, len(x) - len(x) % batch_size)
         chunks = [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, n, batch_size)]
         macs = 3 * sum(len(xb) for xb, _ in chunks) * tree_macs_per_window(config)  # forward and backward
+        options = [{}] * len(chunks)
     elif form == "conv":
         chunks, _ = item_chunks(items, batch_size, device, data["generator"])
         macs = chunk_macs(form, "train", config, chunks)
+        options = [{"layout": layout} for layout in layouts_of(chunks)]
     else:
         raise ValueError(f"form {form!r} does not train")
     optimizer = torch.optim.SGD(model.parameters(), lr=TRAIN_LR)
     n_predictions = sum(int((y != IGNORE_INDEX).sum()) for _, y in chunks)
 
     def run():
-        for inputs, targets in chunks:
-            _, loss = model(inputs, targets)
+        for (inputs, targets), layout in zip(chunks, options):
+            _, loss = model(inputs, targets, **layout)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

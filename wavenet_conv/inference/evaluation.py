@@ -6,6 +6,9 @@ in its inference form (FoldedConvWaveNet: batch norm folded into the convolution
 Every next-character prediction of a split counts once, so the conv over whole items and the tree over the
 split's build_windows windows give the same mean (the same model, converted), up to float rounding.
 
+Each conv batch carries its packed row's layout (packing.ItemRow), made on the CPU once with the batches, and
+the losses add up on the device: a whole evaluation waits for the device once, for its final number.
+
 An ensemble (ensemble.py) runs on its members' kind of batches, all members on the same batch, each in the
 form it would be evaluated in alone: its loss is the NLL of the mixture at every prediction, which needs
 every member's distribution for that prediction side by side.
@@ -19,6 +22,7 @@ from einops import rearrange
 from wavenet_conv.data.words import IGNORE_INDEX, build_windows, encode_items, pad_items
 from wavenet_conv.models.ensemble import members_of, mixture_logits, model_type_of
 from wavenet_conv.models.folded import FoldedConvWaveNet
+from wavenet_conv.models.packing import ItemRow
 from wavenet_conv.utils.errors import DatasetError
 
 BATCH_POSITIONS = 1 << 12  # positions (conv) or windows (tree) per batch: small enough to stay in cache
@@ -58,13 +62,15 @@ class SplitEvaluator:
         self.batches = {}
 
     def batches_for(self, model_type, block_size, device):
+        """[(x, y, layout or None, predictions)] on `device`: a conv's batches with their packed rows' layouts."""
         key = (model_type, block_size, str(device))
         if key not in self.batches:
             if model_type == "conv":
-                batches = item_batches(encode_items(self.words, self.vocab))
+                batches = [(x, y, ItemRow.of(x, y)) for x, y in item_batches(encode_items(self.words, self.vocab))]
             else:
-                batches = window_batches(self.words, self.vocab, block_size)
-            self.batches[key] = [(x.to(device), y.to(device)) for x, y in batches]
+                batches = [(x, y, None) for x, y in window_batches(self.words, self.vocab, block_size)]
+            self.batches[key] = [(x.to(device), y.to(device), None if layout is None else layout.to(device),
+                                  int((y != IGNORE_INDEX).sum())) for x, y, layout in batches]
         return self.batches[key]
 
     def loss(self, model):
@@ -74,30 +80,32 @@ class SplitEvaluator:
         batches = self.batches_for(model_type_of(member), member.config.block_size, device)
         was_training = model.training
         model.eval()
-        total, count = 0.0, 0
+        total = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device, read once at the end
+        count = sum(predictions for *_, predictions in batches)
         try:
             with torch.inference_mode():
                 forward = inference_forward(model)
-                for x, y in batches:
-                    logits = forward(x, y)  # the folded form computes valid positions only
+                for x, y, layout, _ in batches:
+                    logits = forward(x, y, layout)  # the folded form computes valid positions only
                     if logits.ndim == 3:
                         logits, y = rearrange(logits, "b t v -> (b t) v"), rearrange(y, "b t -> (b t)")
-                    total += F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX, reduction="sum").item()
-                    count += int((y != IGNORE_INDEX).sum())
+                    total += F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX, reduction="sum")
         finally:
             model.train(was_training)
-        return total / count
+        return total.item() / count
 
 
 def inference_forward(model):
-    """(x, y) -> logits of a model in eval mode: the lecture arch's conv in its folded inference form, the gated
-    arch and the tree as they are, an ensemble the mixture of its members' forms."""
+    """(x, y, layout=None) -> logits of a model in eval mode: the lecture arch's conv in its folded inference
+    form, the gated arch and the tree as they are, an ensemble the mixture of its members' forms. layout: a
+    conv batch's `ItemRow.of(x, y)`, which the tree's windows do without."""
     if model_type_of(model) == "ensemble":
         forwards = [inference_forward(member) for member in model.members]
-        return lambda x, y: mixture_logits([forward(x, y) for forward in forwards], y)
+        return lambda x, y, layout=None: mixture_logits([forward(x, y, layout) for forward in forwards], y)
     if model_type_of(model) == "conv" and model.config.arch == "lecture":
-        return FoldedConvWaveNet(model)
-    return lambda x, y: model(x)[0]
+        folded = FoldedConvWaveNet(model)
+        return lambda x, y, layout=None: folded(x, y, layout=layout)
+    return lambda x, y, layout=None: model(x)[0]
 
 
 def split_loss(model, words, vocab):

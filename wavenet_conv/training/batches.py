@@ -3,18 +3,33 @@
 The tree trains on the lecture's random windows (WindowBatches); the conv on epochs of whole names
 (NameBatches), right-padded (make_name_batch), through its own forward: the nn.Conv1d levels.
 
+Every batch is (inputs, targets, keyword arguments of the model's forward). A conv's batch carries its packed
+row's layout (`layout`: packing.ItemRow), made on the CPU before the batch moves to the device, so that the
+forward and backward never wait for the device to tell a shape or a branch.
+
 Shape legend: n windows, b batch, t time.
 """
 import torch
 
 from wavenet_conv.data.words import bucketed_batches, build_windows, encode_items, pad_items
+from wavenet_conv.models.packing import ItemRow
 from wavenet_conv.utils.errors import UserError
 
 
+def to_device(tensor, device):
+    """A CPU tensor on `device`; to a CUDA device from pinned memory, without waiting for the copy."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def make_name_batch(items, device):
-    """Right-padded whole items and their targets: x = [., w1 .. wL], y = [w1 .. wL, .], padded with 0 and -1."""
-    x, y = pad_items(items)
-    return x.to(device), y.to(device)
+    """Right-padded whole items and their targets, x = [., w1 .. wL], y = [w1 .. wL, .], padded with 0 and -1,
+    and their packed row's layout, all on `device`."""
+    x, y = pad_items(items)  # b t, b t
+    layout = ItemRow.of(x, y)
+    return to_device(x, device), to_device(y, device), layout.to(device, non_blocking=True)
 
 
 class WindowBatches:
@@ -32,7 +47,7 @@ class WindowBatches:
 
     def next(self):
         ix = torch.randint(0, self.X.shape[0], (self.batch_size,))
-        return self.X[ix].to(self.device), self.Y[ix].to(self.device)
+        return self.X[ix].to(self.device), self.Y[ix].to(self.device), {}
 
     def state(self):
         return {}  # the global torch RNG state is checkpointed with the others
@@ -80,14 +95,16 @@ class NameBatches:
         return self.next_with_indices()[1:]
 
     def next_with_indices(self):
-        """The next batch's item indices (what distill.TeacherTargets looks up), inputs and targets."""
+        """The next batch's item indices (what distill.TeacherTargets looks up), inputs, targets and the model's
+        keyword arguments (its layout)."""
         if self.epoch is None or self.position == len(self.epoch):
             self.epoch_start = self.generator.get_state()
             self.epoch = self.draw_epoch()
             self.position = 0
         indices = self.epoch[self.position]
         self.position += 1
-        return (indices, *make_name_batch([self.items[i] for i in indices], self.device))
+        x, y, layout = make_name_batch([self.items[i] for i in indices], self.device)
+        return indices, x, y, {"layout": layout}
 
     def state(self):
         """Mid-epoch position: the generator state before this epoch's draw, and the batches done."""

@@ -17,8 +17,9 @@ Shape legend: b batch, t time, n positions (items back to back), v vocab.
 import torch
 import torch.nn.functional as F
 
-from wavenet_conv.data.words import IGNORE_INDEX, pad_items
+from wavenet_conv.data.words import pad_items
 from wavenet_conv.models.packing import ItemRow
+from wavenet_conv.training.batches import to_device
 from wavenet_conv.utils.errors import UserError
 
 TEACHER_BATCH_ITEMS = 1024  # items per forward of the teacher while its targets are computed
@@ -45,20 +46,33 @@ class TeacherTargets:
         with torch.inference_mode():
             for first in range(0, len(by_length), TEACHER_BATCH_ITEMS):
                 batch = torch.tensor(by_length[first : first + TEACHER_BATCH_ITEMS])
-                x, y = (t.to(weights.device) for t in pad_items([items[i] for i in batch.tolist()]))
-                logits = forward(x, y)  # b t v
-                self.probabilities[self.positions_of(batch)] = F.softmax(logits[y != IGNORE_INDEX], dim=-1).cpu()
+                x, y = pad_items([items[i] for i in batch.tolist()])  # b t, b t
+                layout = ItemRow.of(x, y).to(weights.device)
+                logits = forward(x.to(weights.device), y.to(weights.device), layout)  # b t v
+                self.probabilities[self.positions_of(batch)] = F.softmax(layout.pack(logits), dim=-1).cpu()  # n v
         teacher.train(was_training)
 
-    def positions_of(self, indices):
+    def positions_of(self, indices, batch=None):
         """The rows of `probabilities` of the given items (b), item after item: the order of a batch's valid
-        positions, `logits[targets != -1]` (b t -> n)."""
-        batch = ItemRow(self.lengths[indices])  # the batch's items back to back, as its packed row
-        return self.starts[indices][batch.item] + batch.offset  # n
+        positions, `logits[targets != -1]` (b t -> n). batch: their packed row, if made already."""
+        if batch is None:
+            batch = ItemRow(self.lengths[indices])  # the batch's items back to back, as its packed row
+        return self.starts[indices].index_select(0, batch.item) + batch.offset  # n
 
     def loss(self, logits, targets, data_loss, indices):
         """The student's loss on a batch of the items `indices` (b): logits and targets b t v, b t."""
-        valid = targets != IGNORE_INDEX  # b t
-        teacher = self.probabilities[self.positions_of(torch.as_tensor(indices))].to(logits.device, logits.dtype)  # n v
-        teacher_loss = F.cross_entropy(logits[valid], teacher)  # soft targets: the teacher's probabilities
+        teacher, row = self.batch_targets(indices, targets.shape[1], logits.device)
+        return self.batch_loss(logits, data_loss, teacher, row)
+
+    def batch_targets(self, indices, time, device):
+        """The teacher's rows of a batch of the items `indices` (b) padded to `time` (n v), and the batch's packed
+        row: gathered on the host, sent to `device` without waiting for it."""
+        indices = torch.as_tensor(indices)
+        row = ItemRow(self.lengths[indices], time=time)  # the batch's items back to back
+        teacher = self.probabilities.index_select(0, self.positions_of(indices, row))  # n v
+        return to_device(teacher, device), row.to(device, non_blocking=True)
+
+    def batch_loss(self, logits, data_loss, teacher, row):
+        """The loss of `loss` from the batch's logits (b t v), data loss, and `batch_targets` (n v, its row)."""
+        teacher_loss = F.cross_entropy(row.pack(logits), teacher.to(logits.dtype))  # soft targets: the teacher's
         return (1 - self.weight) * data_loss + self.weight * teacher_loss

@@ -203,12 +203,12 @@ class Trainer:
         step = self.step
         self.lr = self.optimizer.param_groups[0]["lr"]
         if self.teacher is None:
-            inputs, targets = self.batches.next()
-            _, data_loss = self.model(inputs, targets)
+            inputs, targets, options = self.batches.next()  # options: a conv's layout
+            _, data_loss = self.model(inputs, targets, **options)
             loss = data_loss
         else:
-            indices, inputs, targets = self.batches.next_with_indices()
-            logits, data_loss = self.model(inputs, targets)
+            indices, inputs, targets, options = self.batches.next_with_indices()
+            logits, data_loss = self.model(inputs, targets, **options)
             loss = self.teacher.loss(logits, targets, data_loss, indices)
         loss_value = data_loss.item()  # the data's cross-entropy, with a teacher or without
         if not math.isfinite(loss_value):
