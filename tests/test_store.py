@@ -42,7 +42,7 @@ def test_a_second_open_reads_the_cache(tmp_path, cache):
     built = {p.name: p.stat().st_mtime_ns for p in cache.rglob("*.npy")}
     first.splits()
     second = ItemStore.open(path)
-    assert isinstance(second.tokens, np.memmap) and second.tokens.dtype == np.uint8
+    assert isinstance(second.tokens.base, np.memmap) and second.tokens.dtype == np.uint8  # read from the file
     assert {p.name: p.stat().st_mtime_ns for p in cache.rglob("*.npy") if p.name in built} == built
     assert list(second.splits()[0]) == list(first.splits()[0])
     path.write_text("ab\ncd\nef\n")  # another file: another store

@@ -100,6 +100,17 @@ def encode_items(words, vocab):
     return [vocab.encode(w) for w in words]
 
 
+def sample_items(items, count, seed=0):
+    """A fixed random `count` of the items (all of them when there are no more), in their order: a list's, or a
+    token store's split (data/store.py)."""
+    if len(items) <= count:
+        return items
+    chosen = sorted(random.Random(seed).sample(range(len(items)), count))
+    if hasattr(items, "store"):
+        return type(items)(items.store, items.index[chosen])
+    return [items[i] for i in chosen]
+
+
 def pad_items(items):
     """x = [0, w1..wL], y = [w1..wL, 0], right-padded with x = 0 and y = -1 to the longest item."""
     lengths = torch.tensor([len(it) for it in items], dtype=torch.long)  # b

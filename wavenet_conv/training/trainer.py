@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from wavenet_conv.data.words import sample_items
 from wavenet_conv.inference.evaluation import SplitEvaluator
 from wavenet_conv.models.checkpoint import (CHECKPOINT_NAME, link_checkpoint, load_checkpoint, model_from_checkpoint,
                                             save_checkpoint)
@@ -30,6 +31,7 @@ from wavenet_conv.utils.errors import CheckpointError, UserError
 
 SAVE_EVERY_S = 30  # last.pt is never older than this while training runs
 PROGRESS_EVERY_S = 0.5  # how often the bar's loss and names/s are refreshed
+VALIDATION_SAMPLE_ITEMS = 20_000  # a bigger validation split is sampled between checkpoints (names.txt: 3,203)
 
 
 class TrainingDiverged(UserError):
@@ -65,6 +67,16 @@ def count_parameters(model):
 def output_is_terminal():
     """Progress bars only for a person watching: not in logs, pipes or tests."""
     return sys.stdout.isatty() and sys.stderr.isatty()
+
+
+def validation_items(items, seed):
+    """The validation items of the evaluations during training: all, or a fixed sample of a huge split (the
+    final losses use every item)."""
+    if len(items) <= VALIDATION_SAMPLE_ITEMS:
+        return items
+    print(f"validating on a fixed sample of {VALIDATION_SAMPLE_ITEMS:,} of the {len(items):,} validation items "
+          f"during training; the final losses use every one")
+    return sample_items(items, VALIDATION_SAMPLE_ITEMS, seed)
 
 
 class StopRequests:
@@ -122,7 +134,7 @@ class Trainer:
             self.max_steps = max(1, math.ceil((recipe.epochs or 1) * self.batches.steps_per_epoch()))
         self.optimizer = make_optimizer(recipe, self.model)
         self.scheduler = make_scheduler(self.optimizer, recipe, self.max_steps)
-        self.val = SplitEvaluator(splits["val"], vocab)
+        self.val = SplitEvaluator(validation_items(splits["val"], seed), vocab)
         self.step = 0  # steps taken
         self.lr = None  # the learning rate of the last step
         self.train_losses = []  # the loss of every step, for loss.png
