@@ -1,13 +1,20 @@
-"""The Optuna sweep on tiny models: one worker, two workers sharing one SQLite file, pruning, no Optuna, bad input."""
+"""The Optuna sweep on tiny models: one worker, two workers sharing one SQLite file, a worker killed mid-trial,
+workers started at once on a new PostgreSQL database (a real, throwaway server), pruning, no Optuna, bad input."""
+import os
 import shlex
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
+from pg_server import PostgresServer
 from test_train import assert_user_error, syllable_words
 
 from wavenet_conv import train
+from wavenet_conv.models.checkpoint import load_checkpoint
 from wavenet_conv.training.plot import lowest_loss_frontier
 
 optuna = pytest.importorskip("optuna")
@@ -60,7 +67,7 @@ def test_one_worker_writes_trials_plots_and_the_best_as_a_train_command(tmp_path
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
     for t in trials:
         trial_dir = work_dir / f"trial-{t.number:04d}"
-        assert (trial_dir / "summary.json").is_file() and (trial_dir / "train.log").is_file()
+        assert (trial_dir / "summary.json").is_file() and (trial_dir / "trial.log").is_file()
         # searched: block size, learning rate, weight decay; fixed by the flags: not searched
         assert set(t.params) == {"block_size", "learning_rate", "weight_decay"}
     for plot in ("history.png", "importance.png", "loss_vs_params.png"):
@@ -88,10 +95,7 @@ def test_timeout_starts_no_trial_after_it(tmp_path, words_file, capsys):
 def test_two_workers_share_one_sqlite_study(tmp_path, words_file):
     """Started at once against one new SQLite file: 2 + 2 trials of one study, each prints the best."""
     work_dir = tmp_path / "sweep"
-    command = [sys.executable, "-m", "wavenet_conv.sweep", "-o", str(work_dir), "-i", str(words_file), "--trials", "2",
-               "--study", "shared", *TINY]
-    workers = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for _ in range(2)]
+    workers = start_workers(work_dir, words_file, 2, "--trials", 2, "--study", "shared", *TINY)
     outputs = [worker.communicate(timeout=120) for worker in workers]
     for worker, (out, err) in zip(workers, outputs):
         assert worker.returncode == 0, err
@@ -102,6 +106,143 @@ def test_two_workers_share_one_sqlite_study(tmp_path, words_file):
     assert sorted(p.name for p in work_dir.glob("trial-*")) == [f"trial-{n:04d}" for n in range(4)]
     # each trial draws from seed + its number: workers with the same --seed do not repeat each other
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 4
+
+
+def start_workers(work_dir, words_file, count, *flags):
+    command = [sys.executable, "-m", "wavenet_conv.sweep", "-o", str(work_dir), "-i", str(words_file), *map(str, flags)]
+    return [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(count)]
+
+
+def by_worker(trials, pid):
+    return [t for t in trials if t.user_attrs.get("worker", "").endswith(f":{pid}")]
+
+
+def test_a_worker_killed_mid_trial_leaves_the_study_usable(tmp_path, words_file):
+    """Two workers on one SQLite file; one is killed (SIGKILL) while it trains: the other runs all its trials, and
+    marks the killed worker's trial failed once it has sent no heartbeat for the grace period."""
+    work_dir = tmp_path / "sweep"
+    work_dir.mkdir()
+    url = f"sqlite:///{work_dir / 'study.db'}"
+    optuna.create_study(study_name="killed", storage=url)  # the tables, for polling before the workers write
+    storage = optuna.storages.RDBStorage(url)
+    study_id = storage.get_study_id_from_name("killed")
+    # trials of about a second (fewer evaluations): the kill lands in one, and the survivor's five or more after it
+    # outlast the grace period (2 s, 3 s at most on SQLite's clock of whole seconds) with room to spare
+    longer = ["--archs", "lecture", "--max-steps", "300", "--", "--n-embd", "4", "--n-hidden", "12", "--batch-size",
+              "16", "--eval-interval", "50", "--num-samples", "2"]
+    victim, survivor = start_workers(work_dir, words_file, 2, "--study", "killed", "--trials", 6,
+                                     "--heartbeat-interval", 1, "--grace-period", 2, "--prune-after", 99, *longer)
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # until the victim's trial has trained and been evaluated at least once
+            running = [t for t in by_worker(storage.get_all_trials(study_id), victim.pid)
+                       if t.state.name == "RUNNING" and t.intermediate_values]
+            if running or time.monotonic() > deadline or victim.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert running, victim.communicate()[1] if victim.poll() is not None else "no trial of the victim ran"
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.communicate(timeout=30)
+        out, err = survivor.communicate(timeout=120)
+    finally:
+        for worker in (victim, survivor):
+            if worker.poll() is None:
+                worker.kill()
+                worker.communicate()
+    assert victim.returncode == -signal.SIGKILL
+    assert survivor.returncode == 0, err
+    assert "Traceback" not in err
+    killed = running[0]
+    assert f"trial {killed.number}: failed: worker " in out and f":{victim.pid} sent no heartbeat for 2 s" in out
+    trials = storage.get_all_trials(study_id)
+    assert [t.state.name for t in by_worker(trials, victim.pid)] == ["FAIL"]
+    assert [t.state.name for t in by_worker(trials, survivor.pid)] == ["COMPLETE"] * 6
+    assert len(trials) == 7 and "study 'killed': 7 trials (6 complete, 1 fail); best" in out
+    row = next(line for line in (work_dir / "trials.md").read_text().splitlines()
+               if line.startswith(f"| {killed.number} |"))
+    assert "| fail |" in row and f":{victim.pid} stopped (killed or interrupted)" in row
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A throwaway PostgreSQL server for this module's tests (skipped without its binaries or psycopg)."""
+    with PostgresServer.start_or_skip() as server:
+        yield server
+
+
+def test_two_workers_started_at_once_on_a_new_postgres_database(postgres, tmp_path, words_file):
+    """A plain postgresql:// URL (psycopg 3, the postgres extra) and a database without tables: both workers
+    create the storage, one of them losing the race and retrying, and all 2 + 2 trials complete."""
+    url = postgres.create_database("two_workers")
+    work_dir = tmp_path / "sweep"
+    workers = start_workers(work_dir, words_file, 2, "--storage", url, "--trials", 2, *TINY)
+    outputs = [worker.communicate(timeout=120) for worker in workers]
+    for worker, (out, err) in zip(workers, outputs):
+        assert worker.returncode == 0, err
+        assert "Traceback" not in err
+        assert f"in {url}:" in out
+        assert_train_command(out.strip().splitlines()[-1], work_dir)
+    trials = optuna.load_study(study_name="wavenet_conv", storage=url.replace("postgresql:", "postgresql+psycopg:")
+                               ).get_trials()
+    assert len(trials) == 4 and all(t.state.name == "COMPLETE" for t in trials)
+
+
+def test_many_workers_open_one_new_postgres_database_at_once(postgres):
+    """Eight workers (threads, each with its own connections) create the tables and the study of a new database
+    at the same moment: every one opens the study."""
+    url = postgres.create_database("eight_workers")
+    args = sweep.parse_args(["--storage", url, "--study", "race"])
+    start, opened, errors = threading.Barrier(8), [], []
+
+    def open_at_once():
+        start.wait()
+        try:
+            opened.append(sweep.open_study(args, optuna, {"flags": ["-b", "8"]}).study_name)
+        except Exception as e:  # noqa: BLE001  (shown by the assert)
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=open_at_once) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == [] and opened == ["race"] * 8
+
+
+def test_creation_retries_a_race_and_gives_up_after_its_tries():
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+    calls, pauses = [], []
+
+    def racing(failures):
+        def create():
+            calls.append(1)
+            if len(calls) <= len(failures):
+                raise failures[len(calls) - 1]("CREATE TABLE studies", {}, Exception("already exists"))
+            return "study"
+        return create
+
+    assert sweep.retry_creation(racing([IntegrityError, ProgrammingError]), sleep=pauses.append) == "study"
+    assert len(calls) == 3 and len(pauses) == 2 and all(0 < p < 1 for p in pauses)
+    calls.clear()
+    with pytest.raises(IntegrityError):
+        sweep.retry_creation(racing([IntegrityError] * 5), tries=3, sleep=pauses.append)
+    assert len(calls) == 3
+    calls.clear()
+    with pytest.raises(OperationalError):  # not a race (a server that is down): no retry
+        sweep.retry_creation(racing([OperationalError]), sleep=pauses.append)
+    assert len(calls) == 1
+
+
+def test_a_postgres_url_without_its_driver_says_which_extra_to_install(tmp_path, words_file, monkeypatch, capsys):
+    for driver in ("psycopg", "psycopg2"):
+        monkeypatch.setitem(sys.modules, driver, None)  # `import psycopg` now raises ImportError
+    result = run(["-o", tmp_path / "sweep", "-i", words_file, "--storage", "postgresql://u:secret@127.0.0.1:1/db"],
+                 capsys)
+    assert_user_error(result, "cannot open --storage postgresql://u:***@127.0.0.1:1/db", "psycopg 3",
+                      'pip install -e ".[sweep,postgres]"')
+    assert "secret" not in result[2]
 
 
 def enqueue_good_then_slow(work_dir, name):
@@ -126,7 +267,7 @@ def test_pruning_stops_a_trial_worse_than_the_median(tmp_path, words_file, capsy
     assert (work_dir / "history.png").is_file() and not (work_dir / "importance.png").exists()
     assert "note: no importance.png" in out
     # stopped at its first evaluation, with its checkpoint written
-    assert train.load_checkpoint(work_dir / "trial-0001" / "last.pt")["step"] == 10
+    assert load_checkpoint(work_dir / "trial-0001" / "last.pt")["step"] == 10
 
 
 def test_no_trial_is_pruned_before_its_warm_up(tmp_path, words_file, capsys):
@@ -134,7 +275,7 @@ def test_no_trial_is_pruned_before_its_warm_up(tmp_path, words_file, capsys):
     trial is not stopped at its first evaluations, but after the warm-up."""
     work_dir = tmp_path / "sweep"
     enqueue_good_then_slow(work_dir, "warm")
-    n_train = len(train.load_data(words_file)[1]["train"])
+    n_train = len(sweep.load_data(words_file)[1]["train"])
     code, out, err = run(["-o", work_dir, "-i", words_file, "--study", "warm", "--trials", 2, "--prune-after", 1,
                           "--prune-from-epoch", 1, *TINY], capsys)
     assert code == 0, err
@@ -216,6 +357,8 @@ def test_bad_input(tmp_path, words_file, capsys):
     assert run([*common, "--threads", "two"], capsys)[0] == 2
     assert run([*common, "--timeout", 0], capsys)[0] == 2
     assert run([*common, "--prune-from-epoch", -1], capsys)[0] == 2
+    assert run([*common, "--heartbeat-interval", 0], capsys)[0] == 2
+    assert run([*common, "--heartbeat-interval", 10, "--grace-period", 10], capsys)[0] == 2
     assert run([*common, "--archs", "lecture,wide"], capsys)[0] == 2
     assert run([*common, "--", "-o", "elsewhere"], capsys)[0] == 2
     assert_user_error(run(["-o", work_dir, "-i", tmp_path / "missing.txt"], capsys), "does not exist")

@@ -6,8 +6,11 @@
 
 Each worker runs --trials trials (fewer if --timeout seconds pass first: no trial starts after it) of the
 study --study in --storage (default: sqlite:///DIR/study.db, which the workers of one machine share; on a
-PostgreSQL URL the workers of many machines share one study). A trial
-trains in-process with `wavenet_conv.train.main` in its own work dir DIR/trial-NNNN (its output in train.log)
+PostgreSQL URL, with psycopg 3 from pip install -e ".[sweep,postgres]", the workers of many machines share one
+study). Workers may start at once on a new database: the one that loses the race to create its tables retries. A
+running trial's worker sends a heartbeat every --heartbeat-interval seconds; a trial whose worker was killed is
+marked failed once it has been silent for --grace-period seconds, and the other workers go on. A trial
+trains in-process with `wavenet_conv.train.main` in its own work dir DIR/trial-NNNN (its output in trial.log)
 and scores its best validation loss; the test loss is never used. A trial evaluates every 25,600 training names
 (unless `--eval-interval` is given after `--`), and a median pruner stops a trial whose validation loss is worse
 than the median of the earlier trials' after the same number of training names, once it has trained on
@@ -34,15 +37,20 @@ import argparse
 import contextlib
 import fcntl
 import hashlib
+import inspect
 import os
+import random
 import shlex
+import socket
 import sys
+import time
 import warnings
 from dataclasses import replace
 from pathlib import Path
 
 from wavenet_conv import train
-from wavenet_conv.data.words import DEFAULT_INPUT
+from wavenet_conv.data.words import DEFAULT_INPUT, Vocab, read_words, split_words
+from wavenet_conv.inference.evaluation import SPLIT_NAMES
 from wavenet_conv.training.plot import plot_loss_vs_params, pyplot
 from wavenet_conv.training.recipes import RECIPES, get_recipe
 from wavenet_conv.training.trainer import count_parameters, create_model
@@ -60,8 +68,13 @@ SEARCHED = ("arch", "n_embd", "n_hidden", "block_size", "learning_rate", "weight
 EVAL_EVERY_NAMES = 25_600
 SQLITE_TIMEOUT_S = 60  # a worker waits this long for another's write to the shared SQLite file
 # a running trial's worker marks it alive this often; one silent for the grace period (its worker was killed) is
-# marked failed when another trial starts, so the study's counts and plots do not wait on it forever
+# marked failed when a worker starts a trial or ends, so the study's counts and plots do not wait on it forever
 HEARTBEAT_S, HEARTBEAT_GRACE_S = 60, 300
+# workers started at once on a new database race to create its tables: the losers retry, this many times in all,
+# after a random pause that grows with each try (up to about 6 s in all)
+CREATE_TRIES, CREATE_BACKOFF_S = 8, (0.05, 0.3)
+POSTGRES_HINT = 'the plain postgresql:// URL needs psycopg 3: pip install -e ".[sweep,postgres]"'
+TRIAL_LOG = "trial.log"  # a trial's output, in its work dir
 LECTURE_REFERENCE = ("the lecture's val 1.9937 (its split)", 1.9937)
 INSTALL_HINT = 'the sweep needs Optuna: pip install -e ".[sweep]"'
 
@@ -81,8 +94,17 @@ def parse_args(argv):
     parser.add_argument("--timeout", type=float, default=None,
                         help="seconds after which this worker starts no new trial (the running one finishes)")
     parser.add_argument("--storage", default=None,
-                        help="Optuna storage URL (default sqlite:///WORK_DIR/study.db); a PostgreSQL URL shares the "
-                             "study between machines")
+                        help="Optuna storage URL. Default sqlite:///WORK_DIR/study.db: the workers of one machine "
+                             "share it (sqlite:////abs/path.db names another file; no extra needed). "
+                             "postgresql://USER:PASSWORD@HOST:PORT/DB shares the study between machines and needs "
+                             "psycopg 3: pip install -e \".[sweep,postgres]\" (postgresql+psycopg2://... uses "
+                             "psycopg2 instead, installed by hand). Optuna's other database URLs (mysql+pymysql://...) "
+                             "need their driver installed by hand, and are not tested here. See docs/sweeps.md.")
+    parser.add_argument("--heartbeat-interval", type=int, default=HEARTBEAT_S, metavar="SECONDS",
+                        help="a running trial's worker marks it alive this often (default %(default)s)")
+    parser.add_argument("--grace-period", type=int, default=HEARTBEAT_GRACE_S, metavar="SECONDS",
+                        help="a running trial not marked alive for this long (its worker was killed) is marked "
+                             "failed by the next worker that starts a trial or ends (default %(default)s)")
     parser.add_argument("--recipe", choices=SWEEP_RECIPES, default="fast", help="the recipe every trial starts from")
     parser.add_argument("--max-steps", type=int, default=None,
                         help="steps of every trial (then epochs is not searched)")
@@ -111,6 +133,11 @@ def parse_args(argv):
         parser.error(f"--max-params must be positive, got {args.max_params}")
     if args.prune_after < 0:
         parser.error(f"--prune-after must be non-negative, got {args.prune_after}")
+    if args.heartbeat_interval < 1:
+        parser.error(f"--heartbeat-interval must be positive, got {args.heartbeat_interval}")
+    if args.grace_period <= args.heartbeat_interval:
+        parser.error(f"--grace-period must be longer than --heartbeat-interval ({args.heartbeat_interval}), "
+                     f"got {args.grace_period}")
     if args.prune_from_epoch is not None and not args.prune_from_epoch >= 0:
         parser.error(f"--prune-from-epoch must be non-negative, got {args.prune_from_epoch}")
     if not args.study:
@@ -218,11 +245,89 @@ def trial_plan(flags):
     return flags, recipe, given.seed
 
 
+def load_data(input_file):
+    """(vocab, {split: items}) of the input file, split as the train command splits it; a DatasetError (one line)
+    for a missing or unreadable file, so a bad file stops the sweep before its first trial."""
+    words = read_words(input_file)
+    return Vocab.from_words(words), dict(zip(SPLIT_NAMES, split_words(words)))
+
+
 # --------------------------------------------------------------------------------------------- storage
 
 
 def storage_url(args):
+    """--storage as given (or the default SQLite file): what the worker shows, with the password hidden."""
     return args.storage or f"sqlite:///{Path(args.work_dir) / 'study.db'}"
+
+
+def engine_url(url):
+    """The URL SQLAlchemy opens: a plain postgresql:// (or postgres://) URL names psycopg 3, the postgres extra's
+    driver, when it is installed (SQLAlchemy 2.0 would take psycopg2 for it, 2.1 psycopg); any other as given."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # not a URL: RDBStorage says so
+        return url
+    if parsed.drivername not in ("postgresql", "postgres"):
+        return url
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        return url.replace("postgres://", "postgresql://", 1)  # SQLAlchemy's default driver, or the hint
+    return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+
+
+def missing_driver_hint(url):
+    from sqlalchemy.engine import make_url
+
+    try:
+        drivername = make_url(url).drivername
+    except Exception:
+        return ""
+    if drivername in ("postgresql", "postgres", "postgresql+psycopg"):
+        return POSTGRES_HINT
+    if drivername == "postgresql+psycopg2":
+        return ('psycopg2 is not installed: pip install psycopg2-binary, or use a plain postgresql:// URL with '
+                'psycopg 3: pip install -e ".[sweep,postgres]"')
+    return f"the Python driver of {drivername}:// is not installed"
+
+
+def retry_creation(create, tries=CREATE_TRIES, backoff_s=CREATE_BACKOFF_S, sleep=time.sleep):
+    """create() again after a short random pause when it fails because another worker created the same table,
+    row or type at the same moment (SQLAlchemy's IntegrityError or ProgrammingError); other errors, and the last
+    try's, are raised."""
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(1, tries + 1):
+        try:
+            return create()
+        except (IntegrityError, ProgrammingError):
+            if attempt == tries:
+                raise
+            sleep(random.uniform(*backoff_s) * attempt)
+
+
+def heartbeat_kwargs(optuna, interval, grace_period):
+    """RDBStorage's heartbeat: a trial silent for grace_period seconds is failed, and said so on stdout."""
+    parameters = inspect.signature(optuna.storages.RDBStorage).parameters
+    # Optuna 4.9 renamed failed_trial_callback (deprecated since)
+    callback = ("heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in parameters
+                else "failed_trial_callback")
+
+    def say_failed(study, trial):
+        worker = trial.user_attrs.get("worker", "its worker")
+        print(f"trial {trial.number}: failed: {worker} sent no heartbeat for {grace_period} s (killed?); "
+              "the study goes on", flush=True)
+
+    return {"heartbeat_interval": interval, "grace_period": grace_period, callback: say_failed}
+
+
+def fail_stale_trials(study, optuna):
+    """Marks failed the running trials of killed workers (silent for the grace period), as starting a trial does."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
 
 
 @contextlib.contextmanager
@@ -258,27 +363,40 @@ def prune_from_names(args, n_train):
 
 def open_study(args, optuna, settings, prune_from=0):
     """The study --study in the storage, created if new; a UserError if it was started with other settings.
-    Its pruner (each worker's own) stops no trial before `prune_from` training names."""
+    Its pruner (each worker's own) stops no trial before `prune_from` training names.
+
+    The storage (its tables) and the study are created once, by whichever worker comes first: a worker that
+    races another to create them retries (retry_creation), so any number may start at once on a new database.
+    """
     url = storage_url(args)
-    try:
-        with sqlite_creation_lock(url), warnings.catch_warnings():
+    sqlite = url.startswith("sqlite")
+    # a network database may drop idle connections between trials: test each before use
+    engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if sqlite else {"pool_pre_ping": True}
+
+    def create():
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the heartbeat's
-            engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if url.startswith("sqlite") else {}
-            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
-                                                 grace_period=HEARTBEAT_GRACE_S)
-            study = optuna.create_study(
-                storage=storage, study_name=args.study, direction="minimize", load_if_exists=True,
-                sampler=trial_sampler(args.seed),
-                pruner=optuna.pruners.MedianPruner(n_startup_trials=args.prune_after, n_warmup_steps=prune_from))
-            started_with = study.user_attrs.get("settings")
-            if started_with is None:
-                study.set_user_attr("settings", settings)
-    except ImportError as e:
-        hint = " (pip install psycopg2-binary)" if url.startswith("postgres") else ""
-        raise UserError(f"cannot open --storage {hide_password(url)}: {first_line(e)}{hint}") from None
+            warnings.simplefilter("ignore", FutureWarning)  # failed_trial_callback's in Optuna 4.9 to 4.x
+            storage = optuna.storages.RDBStorage(
+                engine_url(url), engine_kwargs=engine_kwargs,
+                **heartbeat_kwargs(optuna, args.heartbeat_interval, args.grace_period))
+        study = optuna.create_study(
+            storage=storage, study_name=args.study, direction="minimize", load_if_exists=True,
+            sampler=trial_sampler(args.seed),
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=args.prune_after, n_warmup_steps=prune_from))
+        if study.user_attrs.get("settings") is None:
+            study.set_user_attr("settings", settings)
+        # read back: of two new workers that set it at once, the first one's stands
+        return study, study.user_attrs["settings"]
+
+    try:
+        with sqlite_creation_lock(url):
+            study, started_with = retry_creation(create)
+    except ImportError:
+        raise UserError(f"cannot open --storage {hide_password(url)}: {missing_driver_hint(url)}") from None
     except Exception as e:  # SQLAlchemy's errors: a bad URL, an unreachable server, an unwritable file
         raise UserError(f"cannot open --storage {hide_password(url)}: {first_line(e)}") from None
-    if started_with is not None and started_with != settings:
+    if started_with != settings:
         keys = sorted(settings.keys() | started_with.keys())
         differ = ", ".join(f"{k} {started_with.get(k)!r} (here {settings.get(k)!r})"
                            for k in keys if started_with.get(k) != settings.get(k))
@@ -334,7 +452,10 @@ def report_to(trial, optuna, batch_size):
 
 
 def make_objective(args, optuna, vocab, fixed):
+    worker = f"worker {socket.gethostname()}:{os.getpid()}"
+
     def objective(trial):
+        trial.set_user_attr("worker", worker)  # named when its heartbeat stops
         flags, recipe, seed = trial_plan(base_flags(args) + setting_flags(suggest_settings(trial, fixed, args.archs)))
         trial.set_user_attr("train_flags", flags)
         if args.max_params is not None:
@@ -347,7 +468,8 @@ def make_objective(args, optuna, vocab, fixed):
         work_dir.mkdir(parents=True, exist_ok=True)
         trial.set_user_attr("work_dir", str(work_dir))
         argv = [*flags, "-i", str(args.input_file), "-o", str(work_dir), "--threads", args.threads]
-        with open(work_dir / "train.log", "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        # not train.log: the train command takes a work dir that holds one for an earlier run's
+        with open(work_dir / TRIAL_LOG, "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             try:
                 summary = train.main(argv, on_validation=report_to(trial, optuna, recipe.batch_size))
             except SystemExit as e:
@@ -357,7 +479,7 @@ def make_objective(args, optuna, vocab, fixed):
             else:
                 error = None
         if error is not None:
-            lines = (work_dir / "train.log").read_text().strip().splitlines()
+            lines = (work_dir / TRIAL_LOG).read_text().strip().splitlines()
             error = lines[-1] if lines else error
             trial.set_user_attr("error", error)
             raise TrialFailed(error)
@@ -381,7 +503,7 @@ def print_trial(study, trial):
     elif state == "pruned":
         outcome = f"pruned {trial.user_attrs.get('pruned', '')}"
     else:
-        outcome = f"{state}: {trial.user_attrs.get('error', 'see its train.log')}"
+        outcome = f"{state}: {trial.user_attrs.get('error', f'see its {TRIAL_LOG}')}"
     seconds = trial.duration.total_seconds() if trial.duration else 0.0
     print(f"trial {trial.number}: {outcome} | {describe(trial.params) or 'no searched settings'} | {seconds:.1f} s",
           flush=True)
@@ -426,6 +548,8 @@ def write_trials_table(study, path):
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: (t.value is None, t.value or 0, t.number)):
         seconds = t.duration.total_seconds() if t.duration is not None else None
         outcome = t.user_attrs.get("pruned") or t.user_attrs.get("error") or ""
+        if t.state.name == "FAIL" and not outcome:
+            outcome = f"{t.user_attrs.get('worker', 'its worker')} stopped (killed or interrupted)"
         rows.append(f"| {t.number} | {t.state.name.lower()} | {cell(t.value, '.4f')} | "
                     f"{cell(t.user_attrs.get('params'), ',')} | {cell(seconds, '.1f')} | {describe(t.params)} | "
                     f"{outcome} |")
@@ -473,7 +597,7 @@ def main(argv=None):
     fixed = fixed_settings(args)  # also checks the train flags after `--`
     optuna = require_optuna()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial comes from print_trial
-    vocab, splits = train.load_data(args.input_file)  # a bad input file stops here, not in every trial
+    vocab, splits = load_data(args.input_file)  # a bad input file stops here, not in every trial
     work_dir = Path(args.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     study = open_study(args, optuna, study_settings(args), prune_from_names(args, len(splits["train"])))
@@ -485,6 +609,7 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("interrupted: the running trial is marked failed; the study keeps the others", file=sys.stderr)
         raise SystemExit(130) from None
+    fail_stale_trials(study, optuna)  # a killed worker's trial counts as failed, not running, in the report
     completed = report_best(args, study)
     write_trials_table(study, work_dir / "trials.md")
     write_plots(study, work_dir, optuna)
