@@ -297,7 +297,7 @@ def test_gated_training_run_lowers_the_loss_and_reloads(tmp_path, capsys):
     model, vocab = wavenet_conv.load(work_dir)
     assert type(model) is GatedConvWaveNet and model.config.dropout == 0.1
     assert summary["params"] == sum(p.numel() for p in model.parameters())
-    assert len((work_dir / "samples.txt").read_text().splitlines()) == 6
+    assert len((work_dir / "samples.txt").read_text().splitlines()) == 6 + 1  # and the count of new ones
     # and it resumes: --arch is part of the run, a different one is refused
     code, _, err = run(["-i", words_file, "-o", work_dir, "--resume", "--arch", "lecture", "--max-steps", 60, *TINY],
                        capsys)

@@ -15,6 +15,7 @@ every member's distribution for that prediction side by side.
 
 Shape legend: b batch, t time, n windows, v vocab.
 """
+import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -31,12 +32,14 @@ SPLIT_NAMES = ("train", "val", "test")
 
 def item_batches(items, max_positions=BATCH_POSITIONS):
     """Whole items sorted by length (eval mode has no batch statistics to bias), padded: [(x b t, y b t)]."""
-    order = sorted(range(len(items)), key=lambda i: len(items[i]))
+    lengths = items.lengths if hasattr(items, "lengths") else np.array([len(item) for item in items], dtype=np.int64)
+    order = np.argsort(lengths, kind="stable").tolist()  # a token store's split gives its lengths without reading items
+    lengths = lengths.tolist()
     batches, start = [], 0
     while start < len(order):
         end = start + 1
         # grow the batch while its padded size (its last item is the longest) stays within the budget
-        while end < len(order) and (end + 1 - start) * (len(items[order[end]]) + 1) <= max_positions:
+        while end < len(order) and (end + 1 - start) * (lengths[order[end]] + 1) <= max_positions:
             end += 1
         batches.append(pad_items([items[i] for i in order[start:end]]))
         start = end
