@@ -28,7 +28,7 @@ from wavenet_conv.training.plan import RunData, RunPlan, resumed_recipe
 from wavenet_conv.training.recipes import DEFAULT_RECIPE, RECIPES, get_recipe
 from wavenet_conv.training.report import write_samples
 from wavenet_conv.training.single import RunStopped
-from wavenet_conv.training.trainer import model_config
+from wavenet_conv.training.trainer import StopRequests, model_config
 from wavenet_conv.training.workdir import WorkDirLock, prepare_fresh, read_plan, run_files
 from wavenet_conv.utils.device import DEVICE_CHOICES, resolve_device
 from wavenet_conv.utils.errors import ArgumentParser, CheckpointError, UserError, exit_on_user_error
@@ -161,26 +161,13 @@ def main(argv=None, on_validation=None):
         torch.set_num_threads(threads)  # in-process callers get their setting back
 
 
-class StopBetweenSteps:
+class StopBetweenSteps(StopRequests):
     """Ctrl-C or SIGTERM outside a training loop (which saves and stops at a step boundary): stop at once, as
     RunStopped, with nothing lost: every checkpoint written so far stays, and --resume continues from them."""
 
-    def __enter__(self):
-        self.previous = {}
-        try:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self.previous[signum] = signal.signal(signum, self.stop)
-        except ValueError:  # not the main thread: signals stay with whoever owns them
-            pass
-        return self
-
-    def stop(self, signum, frame):
+    def handle(self, signum, frame):
         raise RunStopped(signum, f"{signal.Signals(signum).name}: stopped between training steps; every "
                                  f"checkpoint written so far is kept: continue with --resume")
-
-    def __exit__(self, *exc):
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
 
 
 def make_plan(args, argv, data):

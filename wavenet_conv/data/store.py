@@ -14,7 +14,6 @@ same file maps it in well under a second.
 The split is the lecture's (data/words.py split_words: random.seed(42), shuffle, 80 / 10 / 10), applied to item
 indices: the same items land in the same split as with the words themselves.
 """
-import hashlib
 import json
 import os
 import random
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wavenet_conv.data.download import sha256_of
 from wavenet_conv.data.words import BOUNDARY, Vocab, read_words
 from wavenet_conv.utils.errors import DatasetError
 from wavenet_conv.utils.files import write_atomically
@@ -35,14 +35,6 @@ def cache_root():
     if root:
         return Path(root)
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "wavenet_conv"
-
-
-def file_sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def text_blocks(path):
@@ -94,7 +86,7 @@ class ItemStore:
         path = Path(input_file)
         if not path.is_file():
             read_words(path)  # its one-line error for a missing file, a directory
-        directory = cache_root() / f"{file_sha256(path)}-v{FORMAT}"
+        directory = cache_root() / f"{sha256_of(path)}-v{FORMAT}"
         if not (directory / "vocab.json").is_file():  # written last: its presence means the store is whole
             build(path, directory)
         itos = json.loads((directory / "vocab.json").read_text())

@@ -27,7 +27,7 @@ from wavenet_conv.inference.evaluation import SPLIT_NAMES
 from wavenet_conv.models.checkpoint import load, load_checkpoint, save_checkpoint
 from wavenet_conv.models.ensemble import EnsembleWaveNet
 from wavenet_conv.training.plan import RunData
-from wavenet_conv.training.report import final_losses, losses_line, run_facts, write_samples, write_summary
+from wavenet_conv.training.report import final_losses, losses_line, run_facts, sample_the_run, write_summary
 from wavenet_conv.training.single import RunStopped, train_single
 from wavenet_conv.training.trainer import StopRequests, count_parameters
 from wavenet_conv.training.workdir import CHECKPOINT_NAME, RESUME_NAME, member_dir
@@ -82,10 +82,7 @@ def train_mixture(plan, data, device, started):
     steps = sum(summaries[k]["steps"] for k in range(recipe.members))
     print(losses_line(losses, f"mixture of {recipe.members} members") + f"; {steps:,} steps in {seconds:.1f} s")
     save_checkpoint(work_dir / CHECKPOINT_NAME, model, data.vocab, recipe=recipe.to_dict(), seed=plan.seed)
-    if plan.num_samples:
-        for line in write_samples(model, data.vocab, data.splits["train"], work_dir / "samples.txt",
-                                  plan.num_samples, plan.seed):
-            print(line)
+    sample_the_run(plan, model, data)
     summary = {
         "train_loss": losses["train"], "val_loss": losses["val"], "test_loss": losses["test"],
         "params": count_parameters(model), "steps": steps,  # over all members

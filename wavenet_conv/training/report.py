@@ -42,6 +42,14 @@ def write_samples(model, vocab, train_words, path, num_samples, seed):
     return lines
 
 
+def sample_the_run(plan, model, data):
+    """The run's samples.txt (plan.num_samples names), its lines printed too."""
+    if plan.num_samples:
+        for line in write_samples(model, data.vocab, data.splits["train"], plan.work_dir / "samples.txt",
+                                  plan.num_samples, plan.seed):
+            print(line)
+
+
 def run_facts(plan, device, config):
     """The summary's description of the run: where it ran, the model, the recipe and the command."""
     return {

@@ -4,7 +4,7 @@ import signal
 from wavenet_conv.models.checkpoint import load_checkpoint
 from wavenet_conv.training.plan import check_resumable
 from wavenet_conv.training.plot import plot_losses
-from wavenet_conv.training.report import final_losses, losses_line, run_facts, write_samples, write_summary
+from wavenet_conv.training.report import final_losses, losses_line, run_facts, sample_the_run, write_summary
 from wavenet_conv.training.trainer import Trainer, count_parameters
 from wavenet_conv.training.workdir import RESUME_NAME
 from wavenet_conv.utils.device import hardware_name
@@ -58,10 +58,7 @@ def train_single(plan, data, device, started, on_validation=None, teacher=None, 
           + (f"; target reached at {trainer.seconds_to_target:.1f} s" if trainer.seconds_to_target else ""))
     plot_losses(trainer.train_losses, trainer.val_points, work_dir / "loss.png",
                 title=f"{recipe.name} recipe, {recipe.model}, {recipe.arch}, {params:,} parameters")
-    if plan.num_samples:
-        for line in write_samples(model, data.vocab, data.splits["train"], work_dir / "samples.txt",
-                                  plan.num_samples, plan.seed):
-            print(line)
+    sample_the_run(plan, model, data)
     summary = {
         "train_loss": losses["train"], "val_loss": losses["val"], "test_loss": losses["test"],
         "params": params, "steps": trainer.step, "kept_step": kept_step,
