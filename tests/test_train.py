@@ -3,6 +3,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -308,6 +309,39 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, words_file,
     kept = load_checkpoint(tmp_path / "run" / "model.pt")
     assert kept["step"] == 10
     assert all(torch.isfinite(t).all() for t in kept["model"].values())
+
+
+def test_a_step_leaves_its_loss_on_the_device_until_a_group_is_read(tmp_path, words_file):
+    """The steps issue no syncing op of their own (torch.optim's CPU step counters apart): their losses are read
+    LOSS_READ_EVERY at a time, or before anything is logged, evaluated or saved."""
+    from benchmarks.count_syncs import SyncingOps, on_the_host
+
+    data = RunData.read(words_file)
+    recipe = get_recipe("fast", n_embd=4, n_hidden=12, block_size=4, batch_size=16)
+    trainer = Trainer(recipe, data.vocab, data.splits, torch.device("cpu"), 0, tmp_path, started=0.0)
+    trainer.batches.next = on_the_host(trainer.batches.next)
+    trainer.train_step()  # one-time work (tanh's choice of form) outside the count
+    with SyncingOps(where=True) as mode:
+        for _ in range(trainer_module.LOSS_READ_EVERY - 2):
+            trainer.train_step()
+    assert not [where for _, where in mode.calls if not where.startswith("torch/optim")], dict(mode.calls)
+    assert trainer.train_losses == [] and len(trainer.unread_losses) == trainer_module.LOSS_READ_EVERY - 1
+    trainer.read_losses()
+    assert len(trainer.train_losses) == trainer_module.LOSS_READ_EVERY - 1 and not trainer.unread_losses
+
+
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")),
+                    reason="torch.compile on the CPU needs a C++ compiler")
+def test_compile_trains_as_eager_with_a_graph_for_training_and_one_for_evaluation(tmp_path, words_file, capsys):
+    summaries = {}
+    for flags in ([], ["--compile"]):
+        work_dir = tmp_path / ("compiled" if flags else "eager")
+        code, _, err = run(["-i", words_file, "-o", work_dir, "--max-steps", 30, *flags, *TINY], capsys)
+        assert code == 0, err
+        summaries[bool(flags)] = json.loads((work_dir / "summary.json").read_text())
+    compiled, eager = summaries[True], summaries[False]
+    assert compiled["compile"] is True and compiled["compilations"] == 2  # 30 steps, 3 validations
+    assert compiled["val_loss"] == pytest.approx(eager["val_loss"], abs=1e-3)
 
 
 # ------------------------------------------------------------------------------------------- lecture

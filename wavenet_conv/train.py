@@ -30,6 +30,7 @@ from wavenet_conv.training.report import write_samples
 from wavenet_conv.training.single import RunStopped
 from wavenet_conv.training.trainer import StopRequests, model_config
 from wavenet_conv.training.workdir import WorkDirLock, prepare_fresh, read_plan, run_files
+from wavenet_conv.utils.acceleration import COMPILE_HELP, PRECISION_HELP, PRECISIONS
 from wavenet_conv.utils.device import DEVICE_CHOICES, resolve_device
 from wavenet_conv.utils.errors import ArgumentParser, CheckpointError, UserError, exit_on_user_error
 from wavenet_conv.utils.processes import choose_threads, command_start_time
@@ -66,6 +67,12 @@ def parse_args(argv):
     parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="auto (default) picks CUDA when it really works")
     parser.add_argument("--threads", default="auto",
                         help="CPU threads: a number, or auto (default: all cores, fewer when other processes keep them busy)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help=f"the forward's arithmetic in training and validation (default: fp32): {PRECISION_HELP}; "
+                             f"the final losses are float32 either way")
+    parser.add_argument("--compile", action="store_true",
+                        help=f"{COMPILE_HELP} (default: off: on 2 CPU cores the compilation costs more than it saves "
+                             f"in a default run)")
     parser.add_argument("--seed", type=int, default=42, help="seed of the initialisation and of the batch order (default: 42)")
     parser.add_argument("--eval-interval", type=int, default=None, help="steps between full validation evaluations")
     parser.add_argument("--log-interval", type=int, default=None, help="steps between progress lines")
@@ -199,7 +206,8 @@ def make_plan(args, argv, data):
     command = " ".join(["python -m wavenet_conv.train", *(map(str, argv) if argv is not None else sys.argv[1:])])
     return RunPlan(recipe=recipe, seed=seed, work_dir=work_dir, input_file=args.input_file, device=args.device,
                    threads=args.threads, workers=args.workers, resume=args.resume, target_loss=args.target_loss,
-                   keep_going=args.keep_going, num_samples=args.num_samples, command=command)
+                   keep_going=args.keep_going, num_samples=args.num_samples, command=command,
+                   compile=args.compile, precision=args.precision)
 
 
 def report_files(plan):

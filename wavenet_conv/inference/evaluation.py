@@ -9,12 +9,17 @@ split's build_windows windows give the same mean (the same model, converted), up
 Each conv batch carries its packed row's layout (packing.ItemRow), made on the CPU once with the batches, and
 the losses add up on the device: a whole evaluation waits for the device once, for its final number.
 
+With compile (utils/acceleration.py) each form runs through torch.compile, its layouts those a compiled model
+reads; with precision bf16 under bfloat16 autocast, the losses summed in float32.
+
 An ensemble (ensemble.py) runs on its members' kind of batches, all members on the same batch, each in the
 form it would be evaluated in alone: its loss is the NLL of the mixture at every prediction, which needs
 every member's distribution for that prediction side by side.
 
 Shape legend: b batch, t time, n windows, v vocab.
 """
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -24,6 +29,7 @@ from wavenet_conv.data.words import IGNORE_INDEX, build_windows, encode_items, p
 from wavenet_conv.models.ensemble import members_of, mixture_logits, model_type_of
 from wavenet_conv.models.folded import FoldedConvWaveNet
 from wavenet_conv.models.packing import ItemRow
+from wavenet_conv.utils.acceleration import autocast, compile_model
 from wavenet_conv.utils.errors import DatasetError
 
 BATCH_POSITIONS = 1 << 12  # positions (conv) or windows (tree) per batch: small enough to stay in cache
@@ -56,12 +62,15 @@ class SplitEvaluator:
     """The full-split loss of a model; the split's batches are built once and reused at every evaluation.
 
     A conv runs over whole items sorted by length (the lecture arch's in its folded inference form); the tree
-    over windows; an ensemble over its members' kind of batches.
+    over windows; an ensemble over its members' kind of batches. compile, precision: as for training
+    (utils/acceleration.py).
     """
 
-    def __init__(self, words, vocab):
+    def __init__(self, words, vocab, compile=False, precision="fp32"):
         self.words = words
         self.vocab = vocab
+        self.compile = compile
+        self.precision = precision
         self.batches = {}
 
     def batches_for(self, model_type, block_size, device):
@@ -69,7 +78,8 @@ class SplitEvaluator:
         key = (model_type, block_size, str(device))
         if key not in self.batches:
             if model_type == "conv":
-                batches = [(x, y, ItemRow.of(x, y)) for x, y in item_batches(encode_items(self.words, self.vocab))]
+                batches = [(x, y, ItemRow.of(x, y, compiled=self.compile))
+                           for x, y in item_batches(encode_items(self.words, self.vocab))]
             else:
                 batches = [(x, y, None) for x, y in window_batches(self.words, self.vocab, block_size)]
             self.batches[key] = [(x.to(device), y.to(device), None if layout is None else layout.to(device),
@@ -87,28 +97,44 @@ class SplitEvaluator:
         count = sum(predictions for *_, predictions in batches)
         try:
             with torch.inference_mode():
-                forward = inference_forward(model)
+                forward = inference_forward(model, self.compile)  # the folded form built outside autocast
                 for x, y, layout, _ in batches:
-                    logits = forward(x, y, layout)  # the folded form computes valid positions only
+                    with autocast(device, self.precision):
+                        logits = forward(x, y, layout)  # the folded form computes valid positions only
                     if logits.ndim == 3:
                         logits, y = rearrange(logits, "b t v -> (b t) v"), rearrange(y, "b t -> (b t)")
-                    total += F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX, reduction="sum")
+                    total += F.cross_entropy(logits.float(), y, ignore_index=IGNORE_INDEX, reduction="sum")
         finally:
             model.train(was_training)
         return total.item() / count
 
 
-def inference_forward(model):
+def inference_forward(model, compile=False):
     """(x, y, layout=None) -> logits of a model in eval mode: the lecture arch's conv in its folded inference
     form, the gated arch and the tree as they are, an ensemble the mixture of its members' forms. layout: a
-    conv batch's `ItemRow.of(x, y)`, which the tree's windows do without."""
+    conv batch's `ItemRow.of(x, y)`, which the tree's windows do without. compile: each form through
+    torch.compile, one compiled function for every model of that form (each evaluation folds a new one)."""
     if model_type_of(model) == "ensemble":
-        forwards = [inference_forward(member) for member in model.members]
+        forwards = [inference_forward(member, compile) for member in model.members]
         return lambda x, y, layout=None: mixture_logits([forward(x, y, layout) for forward in forwards], y)
     if model_type_of(model) == "conv" and model.config.arch == "lecture":
-        folded = FoldedConvWaveNet(model)
-        return lambda x, y, layout=None: folded(x, y, layout=layout)
-    return lambda x, y, layout=None: model(x)[0]
+        folded, forward = FoldedConvWaveNet(model), compiled(folded_logits) if compile else folded_logits
+        return lambda x, y, layout=None: forward(folded, x, y, layout)
+    forward = compiled(model_logits) if compile else model_logits
+    return lambda x, y, layout=None: forward(model, x)
+
+
+def folded_logits(folded, x, y, layout):
+    return folded(x, y, layout=layout)  # b t v
+
+
+def model_logits(model, x):
+    return model(x)[0]  # b t v (a conv) or b v (the tree's windows)
+
+
+@functools.cache
+def compiled(function):
+    return compile_model(function)
 
 
 def split_loss(model, words, vocab):

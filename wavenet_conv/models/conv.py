@@ -143,8 +143,22 @@ class ConvLevel(nn.Module):
         n = h.shape[0]
         if n < 2:
             raise ValueError("batch norm in training needs at least 2 positions; this batch has 1")
+        if torch.compiler.is_compiling():  # the kernel's eps below would fix n in the graph: plain sums instead
+            return rows_batch_norm(bn, h)
         shrink = (n - 1) / n
         with torch.no_grad():
             bn.num_batches_tracked += 1
         return F.batch_norm(h, bn.running_mean, bn.running_var, bn.weight * shrink**0.5, bn.bias, training=True,
                             momentum=bn.momentum, eps=bn.eps * shrink)
+
+
+def rows_batch_norm(bn, h):
+    """Training-mode batch norm over the rows, n h -> n h, as sums that a compiled graph keeps for any n: the
+    lecture's formula with the unbiased variance, its statistics in float32 under bf16 autocast too."""
+    h = h.to(torch.promote_types(h.dtype, torch.float32))
+    mean, var = h.mean(0), h.var(0)  # h, h
+    with torch.no_grad():
+        bn.running_mean.lerp_(mean, bn.momentum)
+        bn.running_var.lerp_(var, bn.momentum)
+        bn.num_batches_tracked += 1
+    return (h - mean) * torch.rsqrt(var + bn.eps) * bn.weight + bn.bias

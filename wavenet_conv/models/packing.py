@@ -20,6 +20,10 @@ node as left context. This module computes exactly that, with less work:
   position. In training the batch norm statistics count each pair once per position that holds it
   (`counted_batch_norm`): the same numbers as over the positions.
 
+- **Compiled** (`gathered_taps_conv`): under torch.compile each level's two taps run as matmuls, the earlier
+  one on the positions some position reads, as a graph with the row's length as a symbol needs them
+  (utils/acceleration.py); the layouts of a compiled model carry their indices (`ItemRow.of(.., compiled=True)`).
+
 **The layout comes with the batch** (`ItemRow`): the batches make each one's row on the CPU, with every index
 and decision above (item starts, pack indices, the positions that cross an item start at each dilation, the
 length runs), and the model takes it as `layout=`. So the forward and backward issue no op that waits for a
@@ -85,13 +89,17 @@ class ItemRow:
         self.indices = {}  # (name, dilation) -> index tensor, made by `crossing` and `long_items_index`
         self.positions_longer = {}  # dilation -> positions in items longer than it
 
-    def make_level_indices(self):
+    def make_level_indices(self, compiled=False):
         """The indices and decisions of the levels at dilations 2, 4, .. below the longest item (level 0, at
         dilation 1, is a table of token pairs; at or above the longest no level reads across an item start),
-        each for the path `causal_conv` takes there."""
+        each for the path `causal_conv` takes there: in a compiled model, `gathered_taps_conv`."""
+        if compiled and self.pack_index is None:  # a row without padding packs by index too: the same graph
+            self.pack_index = torch.arange(self.n, device=self.lengths.device)
         dilation = 2
         while dilation < self.longest:
-            if self.few_longer_than(dilation):
+            if compiled:
+                self.earlier_reads(dilation)
+            elif self.few_longer_than(dilation):
                 self.long_items_index(dilation)
             else:
                 self.crossing(dilation)
@@ -99,19 +107,21 @@ class ItemRow:
         return self
 
     @classmethod
-    def of(cls, idx, targets=None):
+    def of(cls, idx, targets=None, compiled=False):
         """The row of a (b t) batch: its valid positions (target not -1), or every position without targets.
-        Made on the CPU, where its checks and indices wait for no device; move it with `to`."""
+        Made on the CPU, where its checks and indices wait for no device; move it with `to`. compiled: with the
+        indices a compiled model reads (utils/acceleration.py)."""
         idx = idx.cpu()
         if idx.shape[1] and (idx[:, 0] != 0).any():
             raise ValueError("every item must start with '.' (token 0), as pad_items makes them")
         if targets is None:
-            return cls(torch.full((idx.shape[0],), idx.shape[1]), time=idx.shape[1]).make_level_indices()
+            row = cls(torch.full((idx.shape[0],), idx.shape[1]), time=idx.shape[1])
+            return row.make_level_indices(compiled)
         valid = targets.cpu() != IGNORE_INDEX  # b t
         lengths = valid.sum(1)  # b: items + 1, the end marker
         if not torch.equal(valid, torch.arange(idx.shape[1]) < lengths[:, None]):
             raise ValueError("targets must be -1 only on right padding, after each item's end marker")
-        return cls(lengths, time=idx.shape[1]).make_level_indices()
+        return cls(lengths, time=idx.shape[1]).make_level_indices(compiled)
 
     def to(self, device, non_blocking=False):
         """This row on `device`: its index tensors moved in one copy (from pinned memory to a CUDA device, so that
@@ -176,6 +186,17 @@ class ItemRow:
             source = torch.where(near_start, torch.cumsum(near_start, 0) - 1,
                                  len(near_start_positions) + torch.cumsum(longer, 0) - 1 - dilation)  # n
             self.indices.update(zip(keys, (near_start_positions, torch.nonzero(longer).squeeze(1), source)))
+        return [self.indices[key] for key in keys]
+
+    def earlier_reads(self, dilation):
+        """What `gathered_taps_conv` gathers at this dilation: the row's position `dilation` back of each position
+        at offset >= dilation (m), and for each position its row of [the all-dot node's earlier tap; the earlier
+        taps on those m positions] (n): 0 near its item's start."""
+        keys = [(name, dilation) for name in ("earlier_reads", "earlier_source")]
+        if keys[0] not in self.indices:
+            far = self.offset >= dilation  # n
+            reads = torch.nonzero(far).squeeze(1) - dilation  # m
+            self.indices.update(zip(keys, (reads, torch.where(far, torch.cumsum(far, 0), 0))))
         return [self.indices[key] for key in keys]
 
     def positions_longer_than(self, dilation):
@@ -258,6 +279,8 @@ def causal_conv(conv, x, row, left):
         before_item = before_item + conv.bias
     if row.longest <= d:
         return torch.addmm(before_item, x, later_tap.T)  # n h
+    if torch.compiler.is_compiling():
+        return gathered_taps_conv(conv, x, row, earlier_tap, later_tap, left)
     if not torch.is_grad_enabled() and row.in_long_length_runs:
         return length_runs_conv(conv, x, row, later_tap, before_item)
     if row.few_longer_than(d):
@@ -267,6 +290,18 @@ def causal_conv(conv, x, row, left):
     # index_select: its backward is an index_add, no sort
     at_starts = torch.addmm(before_item, x.index_select(0, crossing), later_tap.T)  # m h
     return h.index_copy(0, crossing, at_starts)  # n h
+
+
+def gathered_taps_conv(conv, x, row, earlier_tap, later_tap, left):
+    """causal_conv as compiled models run it, its taps as matmuls: n c -> n h. Each position's later tap on its
+    own input, plus its earlier tap on the position `dilation` back in its item, or on `left` before the item;
+    the earlier tap runs on the m positions that are read, and the outputs gather its rows. The same numbers as
+    the Conv1d's up to rounding, with nothing replaced; a compiled Conv1d is no option, as inductor's
+    convolution backward fixes the row length in the graph (a compilation per batch)."""
+    reads, source = row.earlier_reads(conv.dilation[0])  # m, n
+    earlier = torch.cat([(earlier_tap @ left)[None], x.index_select(0, reads) @ earlier_tap.T])  # (1 + m) h
+    out = torch.addmm(earlier.index_select(0, source), x, later_tap.T)  # n h
+    return out if conv.bias is None else out + conv.bias
 
 
 def length_runs_conv(conv, x, row, later_tap, before_item):
@@ -319,8 +354,10 @@ def activate_pair_table(level, table, pairs):
     (n): in eval mode node by node; in training each row's statistics weigh as many positions as hold it."""
     if not level.training:
         return level.activate(table)
-    # index_add_, not bincount, which on a CUDA device reads the largest pair to size its output
-    counts = table.new_zeros(len(table)).index_add_(0, pairs, table.new_ones(1).expand(len(pairs)))  # (v v)
+    # index_add_, not bincount, which on a CUDA device reads the largest pair to size its output; counted in
+    # float32 at least (bfloat16 counts only to 256 exactly)
+    counts = torch.zeros(len(table), dtype=torch.promote_types(table.dtype, torch.float32), device=table.device)
+    counts.index_add_(0, pairs, counts.new_ones(1).expand(len(pairs)))  # (v v)
     return tanh(counted_batch_norm(level.bn, table, counts, len(pairs)))
 
 
@@ -330,11 +367,13 @@ def counted_batch_norm(bn, table, counts, n):
     p h -> p h. n is counts' sum, known on the host."""
     if n < 2:
         raise ValueError(f"batch norm in training needs at least 2 positions; this batch has {n}")
-    mean = counts @ table / n  # h
-    centered = table - mean  # p h
-    var = counts @ centered.square() / (n - 1)  # h
-    with torch.no_grad():
-        bn.running_mean.lerp_(mean, bn.momentum)
-        bn.running_var.lerp_(var, bn.momentum)
-        bn.num_batches_tracked += 1
-    return centered * torch.rsqrt(var + bn.eps) * bn.weight + bn.bias  # p h
+    with torch.autocast(table.device.type, enabled=False):  # the statistics in float32 under bf16 autocast too
+        table = table.to(counts.dtype)
+        mean = counts @ table / n  # h
+        centered = table - mean  # p h
+        var = counts @ centered.square() / (n - 1)  # h
+        with torch.no_grad():
+            bn.running_mean.lerp_(mean, bn.momentum)
+            bn.running_var.lerp_(var, bn.momentum)
+            bn.num_batches_tracked += 1
+        return centered * torch.rsqrt(var + bn.eps) * bn.weight + bn.bias  # p h

@@ -24,11 +24,11 @@ def to_device(tensor, device):
     return tensor.pin_memory().to(device, non_blocking=True)
 
 
-def make_name_batch(items, device):
+def make_name_batch(items, device, compiled=False):
     """Right-padded whole items and their targets, x = [., w1 .. wL], y = [w1 .. wL, .], padded with 0 and -1,
-    and their packed row's layout, all on `device`."""
+    and their packed row's layout, all on `device` (compiled: the layout a compiled model reads)."""
     x, y = pad_items(items)  # b t, b t
-    layout = ItemRow.of(x, y)
+    layout = ItemRow.of(x, y, compiled=compiled)
     return to_device(x, device), to_device(y, device), layout.to(device, non_blocking=True)
 
 
@@ -67,13 +67,14 @@ class NameBatches:
 
     unit = "names"
 
-    def __init__(self, items, batch_size, device, seed, bucketed=False):
+    def __init__(self, items, batch_size, device, seed, bucketed=False, compiled=False):
         if len(items) < batch_size:
             raise UserError(f"--batch-size {batch_size} is larger than the {len(items)} training items")
         self.items = items
         self.batch_size = batch_size
         self.device = device
         self.bucketed = bucketed
+        self.compiled = compiled  # layouts for a compiled model
         self.generator = torch.Generator().manual_seed(seed)
         self.epoch_start = self.generator.get_state()
         self.epoch = None  # the current epoch's batches, as index lists
@@ -103,7 +104,7 @@ class NameBatches:
             self.position = 0
         indices = self.epoch[self.position]
         self.position += 1
-        x, y, layout = make_name_batch([self.items[i] for i in indices], self.device)
+        x, y, layout = make_name_batch([self.items[i] for i in indices], self.device, self.compiled)
         return indices, x, y, {"layout": layout}
 
     def state(self):
@@ -118,9 +119,10 @@ class NameBatches:
             self.position = state["position"]
 
 
-def training_batches(recipe, words, vocab, device, seed):
-    """The recipe's batches of the training words: the lecture's windows for the tree, whole names for the conv."""
+def training_batches(recipe, words, vocab, device, seed, compiled=False):
+    """The recipe's batches of the training words: the lecture's windows for the tree, whole names for the conv
+    (compiled: with the layouts a compiled model reads)."""
     if recipe.model == "tree":
         return WindowBatches(words, vocab, recipe.block_size, recipe.batch_size, device)
     return NameBatches(encode_items(words, vocab), recipe.batch_size, device, seed,
-                       bucketed=recipe.batching == "bucketed")
+                       bucketed=recipe.batching == "bucketed", compiled=compiled)

@@ -31,6 +31,8 @@ class RunPlan:
     keep_going: bool = False
     num_samples: int = 20
     command: str = ""  # the command line, for summary.json
+    compile: bool = False  # the forward through torch.compile (utils/acceleration.py), in every process that trains
+    precision: str = "fp32"  # fp32, or bf16: the forward under bfloat16 autocast
 
 
 @dataclass(frozen=True)

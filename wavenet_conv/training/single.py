@@ -38,7 +38,7 @@ def train_single(plan, data, device, started, on_validation=None, teacher=None, 
     recipe, work_dir = plan.recipe, plan.work_dir
     state = resume_state(plan)
     trainer = Trainer(recipe, data.vocab, data.splits, device, plan.seed, work_dir, started, plan.target_loss,
-                      plan.keep_going, on_validation, teacher)
+                      plan.keep_going, on_validation, teacher, compile=plan.compile, precision=plan.precision)
     if state is not None:
         trainer.restore(state)
     else:
@@ -65,6 +65,8 @@ def train_single(plan, data, device, started, on_validation=None, teacher=None, 
         "seconds": seconds,  # from the command's start to the end of training: start-up, data, evaluations
         "seconds_to_target": trainer.seconds_to_target, "target_loss": plan.target_loss,
         "seconds_total": trainer.elapsed(),  # also the final evaluation, the plot and the samples
+        "precision": plan.precision, "compile": plan.compile,
+        **({"compilations": trainer.compilations()} if plan.compile else {}),  # graphs, recompilations included
         **run_facts(plan, device, model.config),
         **({"teacher": teacher_facts} if teacher_facts else {}),
     }

@@ -27,11 +27,15 @@ from wavenet_conv.models.registry import model_classes
 from wavenet_conv.training.batches import training_batches
 from wavenet_conv.training.optimization import make_optimizer, make_scheduler
 from wavenet_conv.training.workdir import RESUME_NAME
+from wavenet_conv.utils.acceleration import autocast, compilations, compile_model
 from wavenet_conv.utils.errors import CheckpointError, UserError
 
 SAVE_EVERY_S = 30  # last.pt is never older than this while training runs
 PROGRESS_EVERY_S = 0.5  # how often the bar's loss and names/s are refreshed
 VALIDATION_SAMPLE_ITEMS = 20_000  # a bigger validation split is sampled between checkpoints (names.txt: 3,203)
+# the steps' losses stay on the device and are read this many at a time (one wait for a CUDA device), and
+# before anything is logged, evaluated or saved: a diverged run stops within this many steps, its checkpoints good
+LOSS_READ_EVERY = 10
 
 
 class TrainingDiverged(UserError):
@@ -108,11 +112,13 @@ class Trainer:
     """One training run: model, optimizer, scheduler, batches, evaluation, checkpoints and the metrics log.
 
     on_validation(step, val_loss), if given, is called after every full validation evaluation; an exception
-    it raises (an Optuna prune, say) is passed on unchanged once last.pt is written.
+    it raises (an Optuna prune, say) is passed on unchanged once last.pt is written. compile and precision
+    (utils/acceleration.py): the forward through torch.compile, and under bf16 autocast, in the training steps and
+    the validations alike.
     """
 
     def __init__(self, recipe, vocab, splits, device, seed, work_dir, started, target_loss=None, keep_going=False,
-                 on_validation=None, teacher=None):
+                 on_validation=None, teacher=None, compile=False, precision="fp32"):
         self.recipe = recipe
         self.vocab = vocab
         self.device = device
@@ -125,7 +131,10 @@ class Trainer:
         self.teacher = teacher  # distill.TeacherTargets of the training items, or None: the data alone
         self.model = create_model(recipe, vocab, seed).to(device)
         set_bn_momentum(self.model, recipe.bn_momentum)
-        self.batches = training_batches(recipe, splits["train"], vocab, device, seed)
+        self.forward = compile_model(self.model) if compile else self.model  # the same parameters either way
+        self.compiled_before = compilations() if compile else None  # graphs compiled in this process before
+        self.precision = precision
+        self.batches = training_batches(recipe, splits["train"], vocab, device, seed, compiled=compile)
         if teacher is not None and teacher.lengths.tolist() != [len(item) + 1 for item in self.batches.items]:
             raise ValueError("the teacher's targets are not over these training items, in this order")
         if recipe.max_steps is not None:
@@ -134,10 +143,11 @@ class Trainer:
             self.max_steps = max(1, math.ceil((recipe.epochs or 1) * self.batches.steps_per_epoch()))
         self.optimizer = make_optimizer(recipe, self.model)
         self.scheduler = make_scheduler(self.optimizer, recipe, self.max_steps)
-        self.val = SplitEvaluator(validation_items(splits["val"], seed), vocab)
+        self.val = SplitEvaluator(validation_items(splits["val"], seed), vocab, compile=compile, precision=precision)
         self.step = 0  # steps taken
         self.lr = None  # the learning rate of the last step
         self.train_losses = []  # the loss of every step, for loss.png
+        self.unread_losses = []  # the losses of the steps since, on the device (read_losses)
         self.val_points = []  # (step, full validation loss)
         self.best_val, self.best_step = math.inf, None
         self.seconds_before = 0.0  # seconds spent before a --resume
@@ -170,6 +180,7 @@ class Trainer:
     def save(self, best=False):
         """last.pt, the state --resume continues; model.pt names the same file at a new best validation, or at
         every save when the recipe keeps its last weights."""
+        self.read_losses()  # a diverged run stops here: no checkpoint holds its weights
         saved = save_checkpoint(self.work_dir / RESUME_NAME, self.model, self.vocab, **self.checkpoint_extra())
         if best or self.recipe.select == "last":
             link_checkpoint(saved, self.work_dir / CHECKPOINT_NAME)
@@ -208,38 +219,54 @@ class Trainer:
         self.metrics.write(json.dumps(record) + "\n")
         self.metrics.flush()
 
+    def compilations(self):
+        """With compile: the graphs this run has compiled (its training forward and its validations'), else None."""
+        return None if self.compiled_before is None else compilations() - self.compiled_before
+
     # -- the loop
 
     def train_step(self):
-        """One optimization step at the scheduler's learning rate; returns its loss."""
-        step = self.step
+        """One optimization step at the scheduler's learning rate; returns its loss, a tensor on the device (read
+        by read_losses with the others)."""
         self.lr = self.optimizer.param_groups[0]["lr"]
-        if self.teacher is None:
-            inputs, targets, options = self.batches.next()  # options: a conv's layout
-            _, data_loss = self.model(inputs, targets, **options)
-            loss = data_loss
-        else:
-            indices, inputs, targets, options = self.batches.next_with_indices()
-            logits, data_loss = self.model(inputs, targets, **options)
-            loss = self.teacher.loss(logits, targets, data_loss, indices)
-        loss_value = data_loss.item()  # the data's cross-entropy, with a teacher or without
-        if not math.isfinite(loss_value):
-            raise TrainingDiverged(
-                f"the training loss is {loss_value} at step {step}; stopped, keeping the last good checkpoint in "
-                f"{str(self.work_dir)!r} (try a lower --learning-rate)")
+        with autocast(self.device, self.precision):
+            if self.teacher is None:
+                inputs, targets, options = self.batches.next()  # options: a conv's layout
+                _, data_loss = self.forward(inputs, targets, **options)
+                loss = data_loss
+            else:
+                indices, inputs, targets, options = self.batches.next_with_indices()
+                logits, data_loss = self.forward(inputs, targets, **options)
+                loss = self.teacher.loss(logits.float(), targets, data_loss, indices)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self.scheduler.step()
-        self.step = step + 1
-        self.train_losses.append(loss_value)
-        return loss_value
+        self.step += 1
+        self.unread_losses.append(data_loss.detach())  # the data's cross-entropy, with a teacher or without
+        return self.unread_losses[-1]
+
+    def read_losses(self):
+        """Read the losses of the steps since the last read (one wait for the device) into train_losses; a loss
+        that is not a finite number stops the run, before its weights reach a checkpoint."""
+        if not self.unread_losses:
+            return
+        values = torch.stack(self.unread_losses).tolist()
+        first = self.step - len(values)  # the step of values[0]
+        self.unread_losses = []
+        self.train_losses += values
+        for step, value in enumerate(values, first):
+            if not math.isfinite(value):
+                raise TrainingDiverged(
+                    f"the training loss is {value} at step {step}; stopped, keeping the last good checkpoint in "
+                    f"{str(self.work_dir)!r} (try a lower --learning-rate)")
 
     def after_step(self):
         """Called after every step; a hook for callers (the tests interrupt a run here)."""
 
     def validate(self):
         """Full validation loss, logged, saved when it is a new best and passed to on_validation; True: stop here."""
+        self.read_losses()
         val = self.val.loss(self.model)
         self.val_points.append((self.step, val))
         improved = val < self.best_val
@@ -285,9 +312,12 @@ class Trainer:
                 now = time.monotonic()
                 if not bar.disable and now - rate_since[0] >= PROGRESS_EVERY_S:
                     rate = (self.step - rate_since[1]) * recipe.batch_size / (now - rate_since[0])
-                    bar.set_postfix_str(f"loss {loss:.4f}, {rate:,.0f} {self.batches.unit}/s", refresh=False)
+                    bar.set_postfix_str(f"loss {float(loss):.4f}, {rate:,.0f} {self.batches.unit}/s", refresh=False)
                     rate_since = (now, self.step)
+                if step % recipe.log_interval == 0 or len(self.unread_losses) >= LOSS_READ_EVERY:
+                    self.read_losses()
                 if step % recipe.log_interval == 0:
+                    loss = self.train_losses[step]
                     tqdm.write(f"step {step:7d}/{self.max_steps}: train loss {loss:.4f}")  # the lecture's progress line
                     self.log(step=step, split="train", loss=loss, lr=self.lr)
                 if self.step % recipe.eval_interval == 0 or self.step == self.max_steps:
