@@ -428,11 +428,12 @@ def run_device(device, words, vocab, args):
                 if mode == "train" and form not in cw.TRAINABLE:
                     continue
                 sizes = [1] if form == "loop" else args.eval_batch_sizes if mode == "eval" else args.train_batch_sizes
-                for batch_size in sizes:
+                for batch_size, compiled in ((b, c) for b in sizes for c in cw.compiled_variants(form, args.compile)):
                     if mode == "eval":
-                        workloads.append(cw.eval_workload(form, models[form], config, data, batch_size))
+                        workloads.append(cw.eval_workload(form, models[form], config, data, batch_size, compiled))
                     else:
-                        workloads.append(cw.train_workload(form, cw.train_model(tree, form), config, data, batch_size))
+                        workloads.append(cw.train_workload(form, cw.train_model(tree, form), config, data, batch_size,
+                                                           compiled))
         timings = timed_rounds(workloads, args.rounds, args.min_run_time, f"[{device}] block_size {block_size}")
         block_rows = [result_row(w, t, config, device, peak) for w, t in zip(workloads, timings)]
         best = best_rows(block_rows)
@@ -481,6 +482,9 @@ def parse_args(argv):
         help="leave glibc's malloc at its defaults: freed large blocks go back to the OS, and the tree's timings "
              "then vary with the allocator's history (see benchmarks/common.keep_freed_memory)")
     add("--profile", action="store_true", help="profile each form's fastest workload into the report")
+    add("--compile", action="store_true",
+        help="also time each conv form through torch.compile (rows conv_compiled, conv_folded_compiled), each "
+             "compiled by an untimed first call and checked against the eager form")
     add("--quick", action="store_true",
         help=f"CPU smoke run of about 20 s: block {' '.join(map(str, QUICK['block_sizes']))}, "
              f"{QUICK['eval_items']} validation names, batch sizes "
@@ -490,6 +494,8 @@ def parse_args(argv):
     add("--out-dir", default=None, help="write compare_<device>.md and .png here")
     args = parser.parse_args(argv)
     args.command = command_line(__file__, sys.argv[1:] if argv is None else argv)
+    if args.compile:
+        cw.include_compiled_forms()
     if args.quick and args.device == "all":
         args.device = "cpu"
     for size in args.block_sizes or []:

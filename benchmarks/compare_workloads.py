@@ -13,12 +13,17 @@ Forms (all hold the same weights, checked by compare.py before timing):
   eval and training alike): the model that trains;
 - conv_folded: FoldedConvWaveNet, the inference form (batch norm folded into the convolutions, levels 0 and 1
   tables of token pairs built once) over the same batches, packed the same way.
+- conv_compiled, conv_folded_compiled (compare.py --compile): the same two through torch.compile
+  (utils/acceleration.py: dynamic shapes, each level's taps as matmuls), compiled before any timing and checked
+  against the eager form on every batch.
 
 Multiply-adds (MACs) are counted from the shapes each form really computes (each item's all-dot position and
 the item-start replacements included), matmuls and convolutions only: batch norm, tanh and the loss are elementwise.
 Shape legend: n examples, b batch, t time.
 """
 import copy
+import sys
+import time
 from dataclasses import dataclass
 
 import torch
@@ -29,12 +34,27 @@ from wavenet_conv.data.words import IGNORE_INDEX, bucketed_batches, build_window
 from wavenet_conv.models.conv import ConvWaveNet
 from wavenet_conv.models.folded import FoldedConvWaveNet
 from wavenet_conv.models.packing import ItemRow
+from wavenet_conv.utils.acceleration import compilations, compile_model
 
 FORMS = ("loop", "tree", "conv", "conv_folded")
 CONV_FORMS = ("conv", "conv_folded")
+COMPILED = "_compiled"  # the suffix of a conv form's name through torch.compile
+COMPILED_FORMS = tuple(form + COMPILED for form in CONV_FORMS)
 MODES = ("eval", "train")
 TRAINABLE = ("tree", "conv")
 TRAIN_LR = 0.01  # plain SGD, as the lecture (its 0.1 would do as well; speed does not depend on it)
+
+
+def include_compiled_forms():
+    """Name the compiled forms among the forms and the conv forms (compare.py --compile): its tables, plots and
+    ratios then cover them."""
+    global FORMS, CONV_FORMS
+    FORMS, CONV_FORMS = FORMS + COMPILED_FORMS, CONV_FORMS + COMPILED_FORMS
+
+
+def compiled_variants(form, compile):
+    """[False] or, with compile, [False, True] for a conv form: its workloads eager, and through torch.compile."""
+    return [False, True] if compile and form + COMPILED in COMPILED_FORMS else [False]
 
 
 @dataclass
@@ -46,6 +66,8 @@ class Workload:
     n_batches: int
     macs: int  # multiply-adds of one call's matmuls (training: forward and backward)
     run: object  # the timed callable
+    compile_s: float = None  # compiled forms: seconds of the first call, which compiles
+    compilations: int = None  # compiled forms: graphs compiled by that first call
 
 
 # ---- multiply-adds per form, from shapes --------------------------------------------------------------
@@ -60,6 +82,29 @@ def tree_macs_per_window(config):
 
 
 def packed_macs(config, targets, form, mode="eval"):
+    if form.endswith(COMPILED):
+        return compiled_macs(config, targets, form.removesuffix(COMPILED), mode)
+    return eager_macs(config, targets, form, mode)
+
+
+def compiled_macs(config, targets, form, mode):
+    """As eager_macs, with each level above the tables as packing.gathered_taps_conv runs it compiled: the later
+    tap at every position, the earlier tap at the positions some position reads (offset >= dilation), or the
+    later tap alone where the dilation reaches past every item."""
+    row = ItemRow((targets != IGNORE_INDEX).sum(1))
+    n, h, v = len(row.offset), config.n_hidden, config.vocab_size
+    macs = n * h * v + (v * v * 2 * config.n_embd * h if form == "conv" else 0)
+    first_conv = 2 if form == "conv_folded" else 1
+    for level in range(first_conv, config.n_levels):
+        d = 2**level
+        macs += (n + (int((row.offset >= d).sum()) if row.longest > d else 0)) * h * h
+    all_dot_macs = max(0, config.n_levels - first_conv) * h * h
+    if mode == "train":
+        return 3 * macs + 2 * all_dot_macs + 4 * v * v * h
+    return macs + all_dot_macs
+
+
+def eager_macs(config, targets, form, mode="eval"):
     """ConvWaveNet or FoldedConvWaveNet on a padded batch: its valid positions packed in one row. Level 0 is a
     table of every token pair (the conv computes it each call, the folded form once when it is built), and in
     the folded form so is level 1 (two row gathers a position). At each level above: the earlier tap on the
@@ -146,9 +191,24 @@ def train_model(tree, form):
     return ConvWaveNet.from_tree(tree).train()
 
 
-def layouts_of(chunks):
+def layouts_of(chunks, compiled=False):
     """Each padded batch's packed-row layout, made on the CPU and moved to its device, as the batches make it."""
-    return [ItemRow.of(x, y).to(x.device) for x, y in chunks]
+    return [ItemRow.of(x, y, compiled=compiled).to(x.device) for x, y in chunks]
+
+
+def compiled_form(form, run, outputs, eager_outputs, atol=1e-4):
+    """A compiled form's first call (it compiles, untimed): its seconds and the graphs it compiled; every
+    batch's output must equal the eager form's on the same weights."""
+    before, start = compilations(), time.perf_counter()
+    run()
+    seconds = time.perf_counter() - start
+    for i, (got, expected) in enumerate(zip(outputs(), eager_outputs(), strict=True)):
+        if not torch.allclose(got, expected, atol=atol, rtol=atol):
+            raise AssertionError(f"{form}: batch {i} differs from the eager form by "
+                                 f"{(got - expected).abs().max().item():.2e}")
+    print(f"{form}: the first call compiled {compilations() - before} graph(s) in {seconds:.1f} s; every batch "
+          f"agrees with the eager form", file=sys.stderr, flush=True)
+    return seconds, compilations() - before
 
 
 def folded_loss(model, x, y, layout=None):
@@ -157,8 +217,9 @@ def folded_loss(model, x, y, layout=None):
                                    ignore_index=IGNORE_INDEX)
 
 
-def eval_workload(form, model, config, data, batch_size):
-    """data: dict with 'words', 'items', 'vocab', 'device', 'generator', 'loop_windows' (prepare_data)."""
+def eval_workload(form, model, config, data, batch_size, compiled=False):
+    """data: dict with 'words', 'items', 'vocab', 'device', 'generator', 'loop_windows' (prepare_data).
+    compiled: a conv form through torch.compile (its name + COMPILED), compiled and checked by the first call."""
     device, words, items, vocab = data["device"], data["words"], data["items"], data["vocab"]
     if form in ("loop", "tree"):
         x, y = windows_of(words, vocab, config.block_size, device)
@@ -169,10 +230,13 @@ def eval_workload(form, model, config, data, batch_size):
         macs = len(x) * tree_macs_per_window(config)
     else:
         chunks, _ = item_chunks(items, batch_size, device, data["generator"])
-        macs = chunk_macs(form, "eval", config, chunks)
-    layouts = layouts_of(chunks) if form in CONV_FORMS else [None] * len(chunks)
+        macs = chunk_macs(form + (COMPILED if compiled else ""), "eval", config, chunks)
+    layouts = layouts_of(chunks, compiled) if form in CONV_FORMS else [None] * len(chunks)
+    eager = model
+    if compiled:
+        model = compile_model(model)
 
-    def step(inputs, targets, layout):
+    def step(model, inputs, targets, layout):
         if form == "conv_folded":
             return folded_loss(model, inputs, targets, layout)
         return model(inputs, targets) if layout is None else model(inputs, targets, layout=layout)
@@ -182,13 +246,23 @@ def eval_workload(form, model, config, data, batch_size):
     def run():
         with torch.no_grad():
             for (inputs, targets), layout in zip(chunks, layouts):
-                step(inputs, targets, layout)
+                step(model, inputs, targets, layout)
 
-    return Workload(form, "eval", batch_size, n_predictions, len(chunks), macs, run)
+    workload = Workload(form, "eval", batch_size, n_predictions, len(chunks), macs, run)
+    if compiled:
+        def logits(model):
+            with torch.no_grad():
+                return [step(model, inputs, targets, layout)[0] for (inputs, targets), layout in zip(chunks, layouts)]
+
+        workload.form = form + COMPILED
+        workload.compile_s, workload.compilations = compiled_form(
+            workload.form, run, lambda: logits(model), lambda: logits(eager))
+    return workload
 
 
-def train_workload(form, model, config, data, batch_size):
-    """Forward, backward and an SGD step per batch, over data['train_words'] (a fixed slice of the split)."""
+def train_workload(form, model, config, data, batch_size, compiled=False):
+    """Forward, backward and an SGD step per batch, over data['train_words'] (a fixed slice of the split).
+    compiled: the conv's forward through torch.compile, compiled and checked by the first call."""
     device, words, items, vocab = data["device"], data["train_words"], data["train_items"], data["vocab"]
     if form == "tree":
         x, y = windows_of(words, vocab, config.block_size, device)
@@ -201,18 +275,32 @@ def train_workload(form, model, config, data, batch_size):
         options = [{}] * len(chunks)
     elif form == "conv":
         chunks, _ = item_chunks(items, batch_size, device, data["generator"])
-        macs = chunk_macs(form, "train", config, chunks)
-        options = [{"layout": layout} for layout in layouts_of(chunks)]
+        macs = chunk_macs(form + (COMPILED if compiled else ""), "train", config, chunks)
+        options = [{"layout": layout} for layout in layouts_of(chunks, compiled)]
     else:
         raise ValueError(f"form {form!r} does not train")
+    if compiled and form != "conv":
+        raise ValueError(f"form {form!r} does not train compiled")
     optimizer = torch.optim.SGD(model.parameters(), lr=TRAIN_LR)
     n_predictions = sum(int((y != IGNORE_INDEX).sum()) for _, y in chunks)
+    forward = compile_model(model) if compiled else model
 
     def run():
         for (inputs, targets), layout in zip(chunks, options):
-            _, loss = model(inputs, targets, **layout)
+            _, loss = forward(inputs, targets, **layout)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
 
-    return Workload(form, "train", batch_size, n_predictions, len(chunks), macs, run)
+    workload = Workload(form, "train", batch_size, n_predictions, len(chunks), macs, run)
+    if compiled:
+        def losses(model):  # training-mode forwards, with autograd as in the timed steps
+            return [model(inputs, targets, **layout)[1].detach() for (inputs, targets), layout in zip(chunks, options)]
+
+        workload.form = form + COMPILED
+        # the first call compiles and steps; then the compiled and an eager copy of the stepped weights agree
+        reference = {}
+        workload.compile_s, workload.compilations = compiled_form(
+            workload.form, lambda: (run(), reference.setdefault("model", copy.deepcopy(model))),
+            lambda: losses(forward), lambda: losses(reference["model"]))
+    return workload

@@ -171,3 +171,34 @@ def test_compile_paths_keep_gradients_for_every_level(make_random_tree, monkeypa
     _, loss = conv(x, y, layout=ItemRow.of(x, y, compiled=True))
     loss.backward()
     assert all(level.conv.weight.grad.abs().sum() > 0 for level in conv.levels)
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+@pytest.mark.parametrize("block_size", [8, 32])
+def test_the_benchmarks_compiled_macs_are_what_the_compiled_paths_do(make_random_tree, block_size, mode,
+                                                                      monkeypatch):
+    """benchmarks/compare.py --compile divides by compare_workloads.compiled_macs: the multiply-adds that a flop
+    counter sees when the compiled paths run (in eager mode, as in the first test)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from benchmarks import compare_workloads as cw
+
+    aten = torch.ops.aten
+    mapping = {aten.addmm_: lambda c, a, b, *args, out_shape=None, **kw: 2 * a[0] * a[1] * b[1],
+               aten.mv: lambda a, b, *args, out_shape=None, **kw: 2 * a[0] * a[1]}
+    conv = small_conv(make_random_tree, block_size, seed=8).train(mode == "train")
+    x, y = varied_batches(1, 16, seed=block_size)[0]
+    layout = ItemRow.of(x, y, compiled=True)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    forms = {"conv": lambda: conv(x, y, layout=layout)[1]}
+    if mode == "eval":
+        folded = FoldedConvWaveNet(conv)
+        forms["conv_folded"] = lambda: folded(x, y, layout=layout)
+    for form, forward in forms.items():
+        with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+            if mode == "train":
+                forward().backward()
+            else:
+                with torch.no_grad():
+                    forward()
+        assert counter.get_total_flops() == 2 * cw.packed_macs(conv.config, y, form + cw.COMPILED, mode), form

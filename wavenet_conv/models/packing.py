@@ -280,7 +280,7 @@ def causal_conv(conv, x, row, left):
     if row.longest <= d:
         return torch.addmm(before_item, x, later_tap.T)  # n h
     if torch.compiler.is_compiling():
-        return gathered_taps_conv(conv, x, row, earlier_tap, later_tap, left)
+        return gathered_taps_conv(conv, x, row, earlier_tap, later_tap, before_item)
     if not torch.is_grad_enabled() and row.in_long_length_runs:
         return length_runs_conv(conv, x, row, later_tap, before_item)
     if row.few_longer_than(d):
@@ -292,16 +292,17 @@ def causal_conv(conv, x, row, left):
     return h.index_copy(0, crossing, at_starts)  # n h
 
 
-def gathered_taps_conv(conv, x, row, earlier_tap, later_tap, left):
+def gathered_taps_conv(conv, x, row, earlier_tap, later_tap, before_item):
     """causal_conv as compiled models run it, its taps as matmuls: n c -> n h. Each position's later tap on its
-    own input, plus its earlier tap on the position `dilation` back in its item, or on `left` before the item;
-    the earlier tap runs on the m positions that are read, and the outputs gather its rows. The same numbers as
-    the Conv1d's up to rounding, with nothing replaced; a compiled Conv1d is no option, as inductor's
-    convolution backward fixes the row length in the graph (a compilation per batch)."""
+    own input, plus its earlier tap on the position `dilation` back in its item, or `before_item` (with the
+    bias) before the item; the earlier tap runs on the m positions that are read, and the outputs gather its
+    rows. The same numbers as the Conv1d's up to rounding, with nothing replaced; a compiled Conv1d is no
+    option, as inductor's convolution backward fixes the row length in the graph (a compilation per batch)."""
     reads, source = row.earlier_reads(conv.dilation[0])  # m, n
-    earlier = torch.cat([(earlier_tap @ left)[None], x.index_select(0, reads) @ earlier_tap.T])  # (1 + m) h
-    out = torch.addmm(earlier.index_select(0, source), x, later_tap.T)  # n h
-    return out if conv.bias is None else out + conv.bias
+    inside = x.index_select(0, reads)  # m c
+    inside = inside @ earlier_tap.T if conv.bias is None else torch.addmm(conv.bias, inside, earlier_tap.T)  # m h
+    earlier = torch.cat([before_item[None], inside])  # (1 + m) h
+    return torch.addmm(earlier.index_select(0, source), x, later_tap.T)  # n h
 
 
 def length_runs_conv(conv, x, row, later_tap, before_item):
