@@ -202,3 +202,20 @@ def test_the_benchmarks_compiled_macs_are_what_the_compiled_paths_do(make_random
                 with torch.no_grad():
                     forward()
         assert counter.get_total_flops() == 2 * cw.packed_macs(conv.config, y, form + cw.COMPILED, mode), form
+
+
+def test_compiled_batches_share_one_length_and_train_as_before(make_random_tree):
+    """For a compiled model every training batch is padded to the longest item's length: a convolution's
+    backward over the padded batch (the gated arch's) would otherwise fix each batch's length in a new graph.
+    The extra padding changes no loss."""
+    from wavenet_conv.training.batches import NameBatches
+
+    items = encode_items(words_of(torch.randint(0, 21, (64,), generator=torch.Generator().manual_seed(4)).tolist(),
+                                  17), VOCAB)
+    padded, plain = (NameBatches(items, 16, "cpu", seed=0, compiled=compiled) for compiled in (True, False))
+    conv = small_conv(make_random_tree, 8, seed=5).train()
+    for _ in range(4):
+        x, y, options = padded.next()
+        x_plain, y_plain, plain_options = plain.next()
+        assert x.shape[1] == 1 + max(len(item) for item in items) >= x_plain.shape[1]
+        assert_close(conv(x, y, **options)[1], conv(x_plain, y_plain, **plain_options)[1], atol=1e-6, rtol=1e-6)

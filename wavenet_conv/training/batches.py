@@ -10,8 +10,9 @@ forward and backward never wait for the device to tell a shape or a branch.
 Shape legend: n windows, b batch, t time.
 """
 import torch
+import torch.nn.functional as F
 
-from wavenet_conv.data.words import bucketed_batches, build_windows, encode_items, pad_items
+from wavenet_conv.data.words import IGNORE_INDEX, bucketed_batches, build_windows, encode_items, pad_items
 from wavenet_conv.models.packing import ItemRow
 from wavenet_conv.utils.errors import UserError
 
@@ -24,10 +25,13 @@ def to_device(tensor, device):
     return tensor.pin_memory().to(device, non_blocking=True)
 
 
-def make_name_batch(items, device, compiled=False):
-    """Right-padded whole items and their targets, x = [., w1 .. wL], y = [w1 .. wL, .], padded with 0 and -1,
-    and their packed row's layout, all on `device` (compiled: the layout a compiled model reads)."""
+def make_name_batch(items, device, compiled=False, time=None):
+    """Right-padded whole items and their targets, x = [., w1 .. wL], y = [w1 .. wL, .], padded with 0 and -1
+    (to `time` positions if given), and their packed row's layout, all on `device` (compiled: the layout a
+    compiled model reads)."""
     x, y = pad_items(items)  # b t, b t
+    if time is not None:
+        x, y = F.pad(x, (0, time - x.shape[1]), value=0), F.pad(y, (0, time - y.shape[1]), value=IGNORE_INDEX)
     layout = ItemRow.of(x, y, compiled=compiled)
     return to_device(x, device), to_device(y, device), layout.to(device, non_blocking=True)
 
@@ -75,6 +79,9 @@ class NameBatches:
         self.device = device
         self.bucketed = bucketed
         self.compiled = compiled  # layouts for a compiled model
+        # a compiled model gets every batch padded to one length: a convolution's backward over the padded
+        # batch (the gated arch's) fixes its length in the graph; the packed row drops the padding anyway
+        self.time = 1 + max(len(item) for item in items) if compiled else None
         self.generator = torch.Generator().manual_seed(seed)
         self.epoch_start = self.generator.get_state()
         self.epoch = None  # the current epoch's batches, as index lists
@@ -104,7 +111,7 @@ class NameBatches:
             self.position = 0
         indices = self.epoch[self.position]
         self.position += 1
-        x, y, layout = make_name_batch([self.items[i] for i in indices], self.device, self.compiled)
+        x, y, layout = make_name_batch([self.items[i] for i in indices], self.device, self.compiled, self.time)
         return indices, x, y, {"layout": layout}
 
     def state(self):
