@@ -149,14 +149,16 @@ def test_one_run_per_work_dir(tmp_path, words_file, capsys):
     work_dir = tmp_path / "run"
     process = start(tmp_path, words_file, work_dir, *TINY, "--max-steps", 100_000)
     try:
-        wait_for(lambda: saved_step(work_dir / "last.pt") is not None, what="the run to save")
-        before = sorted(p.name for p in work_dir.iterdir())
+        # last.pt after the first step, model.pt at the first validation: then its files stay the same until its end
+        wait_for(lambda: saved_step(work_dir / "model.pt") is not None, what="the run to save")
+        run_files = lambda: sorted(p.name for p in work_dir.iterdir() if not p.name.endswith(".tmp"))  # noqa: E731
+        before, plan = run_files(), (work_dir / "plan.json").read_bytes()  # (.tmp: the running run's saves)
         with pytest.raises(SystemExit) as exit_status:
             train.main(["-i", str(words_file), "-o", str(work_dir), *TINY, "--max-steps", "2", "--overwrite"])
         err = capsys.readouterr().err
         assert exit_status.value.code == 2
         assert err.count("\n") == 1 and f"in use by another run (pid {process.pid} on host" in err
-        assert sorted(p.name for p in work_dir.iterdir()) == before  # nothing changed there
+        assert run_files() == before and (work_dir / "plan.json").read_bytes() == plan  # nothing changed there
     finally:
         kill_hard(process)
 
