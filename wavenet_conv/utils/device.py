@@ -53,4 +53,5 @@ def hardware_name(device, threads=True):
             name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         name = platform.processor() or platform.machine()
-    return f"{name}, {torch.get_num_threads()} threads" if threads else name
+    count = torch.get_num_threads()
+    return f"{name}, {count} thread{'' if count == 1 else 's'}" if threads else name
