@@ -14,6 +14,7 @@ same file maps it in well under a second.
 The split is the lecture's (data/words.py split_words: random.seed(42), shuffle, 80 / 10 / 10), applied to item
 indices: the same items land in the same split as with the words themselves.
 """
+import functools
 import json
 import os
 import random
@@ -182,7 +183,7 @@ class ItemSplit:
         item = self.index[i]
         return self.store.tokens[self.store.offsets[item] : self.store.offsets[item + 1]].tolist()
 
-    @property
+    @functools.cached_property
     def lengths(self):
         """Each item's number of tokens (numpy int64)."""
         offsets = self.store.offsets

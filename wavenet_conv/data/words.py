@@ -8,6 +8,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from wavenet_conv.utils.errors import DatasetError
@@ -98,6 +99,14 @@ def encode_items(words, vocab):
     if hasattr(words, "store"):
         return words
     return [vocab.encode(w) for w in words]
+
+
+def item_lengths(items):
+    """Each item's number of characters (numpy int64, b): a token store's split (data/store.py) holds them and
+    reads no item; a list of words or of token lists is counted."""
+    if hasattr(items, "lengths"):
+        return items.lengths
+    return np.fromiter((len(item) for item in items), dtype=np.int64, count=len(items))
 
 
 def sample_items(items, count, seed=0):

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from wavenet_conv.data.words import IGNORE_INDEX, build_windows, encode_items, pad_items
+from wavenet_conv.data.words import IGNORE_INDEX, build_windows, encode_items, item_lengths, pad_items
 from wavenet_conv.models.ensemble import members_of, mixture_logits, model_type_of
 from wavenet_conv.models.folded import FoldedConvWaveNet
 from wavenet_conv.models.packing import ItemRow
@@ -38,8 +38,8 @@ SPLIT_NAMES = ("train", "val", "test")
 
 def item_batches(items, max_positions=BATCH_POSITIONS):
     """Whole items sorted by length (eval mode has no batch statistics to bias), padded: [(x b t, y b t)]."""
-    lengths = items.lengths if hasattr(items, "lengths") else np.array([len(item) for item in items], dtype=np.int64)
-    order = np.argsort(lengths, kind="stable").tolist()  # a token store's split gives its lengths without reading items
+    lengths = item_lengths(items)
+    order = np.argsort(lengths, kind="stable").tolist()
     lengths = lengths.tolist()
     batches, start = [], 0
     while start < len(order):

@@ -12,7 +12,7 @@ Shape legend: n windows, b batch, t time.
 import torch
 import torch.nn.functional as F
 
-from wavenet_conv.data.words import IGNORE_INDEX, bucketed_batches, build_windows, encode_items, pad_items
+from wavenet_conv.data.words import IGNORE_INDEX, bucketed_batches, build_windows, encode_items, item_lengths, pad_items
 from wavenet_conv.models.packing import ItemRow
 from wavenet_conv.utils.errors import UserError
 
@@ -81,7 +81,7 @@ class NameBatches:
         self.compiled = compiled  # layouts for a compiled model
         # a compiled model gets every batch padded to one length: a convolution's backward over the padded
         # batch (the gated arch's) fixes its length in the graph; the packed row drops the padding anyway
-        self.time = 1 + max(len(item) for item in items) if compiled else None
+        self.time = 1 + int(item_lengths(items).max()) if compiled else None
         self.generator = torch.Generator().manual_seed(seed)
         self.epoch_start = self.generator.get_state()
         self.epoch = None  # the current epoch's batches, as index lists

@@ -14,10 +14,11 @@ teacher's probabilities at every training position are computed once, before tra
 
 Shape legend: b batch, t time, n positions (items back to back), v vocab.
 """
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wavenet_conv.data.words import pad_items
+from wavenet_conv.data.words import item_lengths, pad_items
 from wavenet_conv.models.packing import ItemRow
 from wavenet_conv.training.batches import to_device
 from wavenet_conv.utils.errors import UserError
@@ -35,14 +36,15 @@ class TeacherTargets:
         if not 0 < weight <= 1:
             raise UserError(f"the distillation weight must be in (0, 1], got {weight}")
         self.weight = weight
-        self.lengths = torch.tensor([len(item) + 1 for item in items])  # every position predicts: the end marker too
+        lengths = item_lengths(items)
+        self.lengths = torch.from_numpy(lengths + 1)  # every position predicts: the end marker too
         self.starts = ItemRow(self.lengths).starts  # each item's first row of `probabilities`
         weights = next(teacher.parameters())
         self.probabilities = torch.empty(int(self.lengths.sum()), vocab_size, dtype=weights.dtype)  # n v
         was_training = teacher.training
         teacher.eval()
         forward = inference_forward(teacher)
-        by_length = sorted(range(len(items)), key=lambda i: len(items[i]))  # little padding; the folded form's batches
+        by_length = np.argsort(lengths, kind="stable").tolist()  # little padding; the folded form's batches
         with torch.inference_mode():
             for first in range(0, len(by_length), TEACHER_BATCH_ITEMS):
                 batch = torch.tensor(by_length[first : first + TEACHER_BATCH_ITEMS])

@@ -5,7 +5,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from wavenet_conv.data.words import sample_items
+from wavenet_conv.data.words import item_lengths, sample_items
 from wavenet_conv.inference.evaluation import SplitEvaluator
 from wavenet_conv.inference.sampling import describe_samples, sample
 from wavenet_conv.training.trainer import output_is_terminal
@@ -35,8 +35,7 @@ def losses_line(losses, note):
 def write_samples(model, vocab, train_words, path, num_samples, seed):
     """samples.txt: the lines `python -m wavenet_conv.sample` prints for the same model and seed."""
     generator = torch.Generator().manual_seed(seed)
-    longest = int(train_words.lengths.max()) if hasattr(train_words, "lengths") else max(map(len, train_words))
-    names = sample(model, vocab, num_samples, generator=generator, max_len=2 * longest)
+    names = sample(model, vocab, num_samples, generator=generator, max_len=2 * int(item_lengths(train_words).max()))
     lines = describe_samples(names, train_words)
     Path(path).write_text("".join(line + "\n" for line in lines))
     return lines

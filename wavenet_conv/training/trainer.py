@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from wavenet_conv.data.words import sample_items
+from wavenet_conv.data.words import item_lengths, sample_items
 from wavenet_conv.inference.evaluation import SplitEvaluator
 from wavenet_conv.models.checkpoint import (CHECKPOINT_NAME, link_checkpoint, load_checkpoint, model_from_checkpoint,
                                             save_checkpoint)
@@ -135,7 +135,7 @@ class Trainer:
         self.compiled_before = compilations() if compile else None  # graphs compiled in this process before
         self.precision = precision
         self.batches = training_batches(recipe, splits["train"], vocab, device, seed, compiled=compile)
-        if teacher is not None and teacher.lengths.tolist() != [len(item) + 1 for item in self.batches.items]:
+        if teacher is not None and teacher.lengths.tolist() != (item_lengths(self.batches.items) + 1).tolist():
             raise ValueError("the teacher's targets are not over these training items, in this order")
         if recipe.max_steps is not None:
             self.max_steps = recipe.max_steps
