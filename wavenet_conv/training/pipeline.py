@@ -66,7 +66,8 @@ def distillation_teacher(plan, data, device, started):
             print(f"distilling from a teacher trained first in {str(stage.work_dir)!r}:")
             summary = run_training(stage, data, started)
         teacher, teacher_vocab = load(stage.work_dir, device)
-        facts = {"work_dir": TEACHER_DIR, **{k: summary[k] for k in ("val_loss", "test_loss", "params", "seconds_total")}}
+        facts = {"work_dir": TEACHER_DIR,
+                 **{key: summary[key] for key in ("val_loss", "test_loss", "params", "seconds_total")}}
     if teacher_vocab.itos != data.vocab.itos:
         raise UserError(f"the teacher's vocabulary differs from {plan.input_file!r}'s: was it trained on this data?")
     print(f"distilling: weight {recipe.distill} on the teacher's probabilities ({count_parameters(teacher):,} "
