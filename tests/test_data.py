@@ -68,6 +68,8 @@ def test_pad_items_layout():
     assert x.tolist() == [[0, 3, 1, 2], [0, 0, 0, 0], [0, 5, 0, 0]]
     assert y.tolist() == [[3, 1, 2, 0], [0, P, P, P], [5, 0, P, P]]
     assert x.dtype == y.dtype == torch.long
+    chosen_x, chosen_y = pad_items([[3, 1, 2], [], [5]], [2, 0])  # the chosen items, in that order
+    assert chosen_x.tolist() == [[0, 5, 0, 0], [0, 3, 1, 2]] and chosen_y.tolist() == [y.tolist()[2], y.tolist()[0]]
 
 
 def test_pad_items_positions_are_the_tree_windows(vocab):

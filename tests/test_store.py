@@ -5,7 +5,7 @@ import pytest
 
 from wavenet_conv.data import store as store_module
 from wavenet_conv.data.store import ItemStore
-from wavenet_conv.data.words import Vocab, encode_items, read_words, split_words
+from wavenet_conv.data.words import Vocab, encode_items, pad_items, read_words, split_words
 from wavenet_conv.utils.errors import DatasetError
 
 COMPANIES = ["O'Brien", "McDonald's", "Zoë", "Acme Inc.", "  A.B. Dick Co. ", "", "l'Oréal", "3M", "日本"] * 5
@@ -33,6 +33,22 @@ def test_the_store_holds_the_words_items_and_split(tmp_path, lines, monkeypatch)
     train = store.splits()[0]
     assert all(word in train for word in split_words(words)[0])
     assert "not an item" not in train and "" not in train
+
+
+def test_padded_batches_read_from_the_store_are_those_of_the_token_lists(tmp_path):
+    """pad_items of a store's split gathers the chosen items from its token array: the same x and y as the
+    token lists give, for any choice and order of items, empty items included."""
+    path = tmp_path / "items.txt"
+    path.write_text("\n".join(COMPANIES) + "\n", encoding="utf-8")
+    train = ItemStore.open(path).splits()[0]
+    lists = [train[i] for i in range(len(train))]
+    assert min(map(len, lists)) <= 2 and max(map(len, lists)) > 5  # lengths differ: padding is exercised
+    for chosen in (None, [3, 0, 7, 7, 1], [len(train) - 1]):
+        x, y = pad_items(train, chosen)
+        expected = pad_items(lists if chosen is None else [lists[i] for i in chosen])
+        assert x.tolist() == expected[0].tolist() and y.tolist() == expected[1].tolist()
+        assert x.dtype == y.dtype == expected[0].dtype
+    assert pad_items(train, [0, 1])[0].tolist() != pad_items(train, [1, 0])[0].tolist()  # the order is kept
 
 
 def test_a_second_open_reads_the_cache(tmp_path, cache):

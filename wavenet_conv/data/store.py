@@ -183,6 +183,15 @@ class ItemSplit:
         item = self.index[i]
         return self.store.tokens[self.store.offsets[item] : self.store.offsets[item + 1]].tolist()
 
+    def token_runs(self, chosen):
+        """(tokens, lengths) of the chosen items (b), their tokens back to back (numpy int64): one gather from
+        the token array, no list per item."""
+        items = self.index[np.asarray(chosen, dtype=np.int64)]  # b
+        starts, lengths = self.store.offsets[items], self.store.offsets[items + 1] - self.store.offsets[items]
+        item_starts = np.cumsum(lengths) - lengths  # b: each item's first token in the result
+        positions = np.arange(int(lengths.sum())) + np.repeat(starts - item_starts, lengths)  # n
+        return self.store.tokens[positions].astype(np.int64), lengths
+
     @functools.cached_property
     def lengths(self):
         """Each item's number of tokens (numpy int64)."""

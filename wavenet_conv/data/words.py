@@ -120,18 +120,30 @@ def sample_items(items, count, seed=0):
     return [items[i] for i in chosen]
 
 
-def pad_items(items):
-    """x = [0, w1..wL], y = [w1..wL, 0], right-padded with x = 0 and y = -1 to the longest item."""
-    lengths = torch.tensor([len(it) for it in items], dtype=torch.long)  # b
-    tokens = torch.tensor([tok for it in items for tok in it], dtype=torch.long)  # all items' tokens, in order
-    t = int(lengths.max()) + 1
-    is_token = torch.arange(t) < lengths[:, None]  # b t: the item's own characters, from position 0
-    x = torch.zeros(len(items), t, dtype=torch.long)  # b t
-    y = torch.full((len(items), t), IGNORE_INDEX, dtype=torch.long)  # b t
+def pad_items(items, chosen=None):
+    """x = [0, w1..wL], y = [w1..wL, 0], right-padded with x = 0 and y = -1 to the longest item: of `items`, or
+    of items[i] for i in `chosen` (a token store's split reads those straight from its token array)."""
+    if hasattr(items, "token_runs"):
+        tokens, lengths = items.token_runs(range(len(items)) if chosen is None else chosen)
+    else:
+        chosen_items = items if chosen is None else [items[i] for i in chosen]
+        lengths = np.fromiter((len(item) for item in chosen_items), dtype=np.int64, count=len(chosen_items))
+        tokens = np.fromiter((token for item in chosen_items for token in item), dtype=np.int64,
+                             count=int(lengths.sum()))
+    return pad_token_runs(tokens, lengths)
+
+
+def pad_token_runs(tokens, lengths):
+    """pad_items of items that lie back to back in `tokens` (numpy), of `lengths` (b) tokens each."""
+    b = len(lengths)
+    t = int(lengths.max(initial=0)) + 1
+    is_token = np.arange(t) < lengths[:, None]  # b t: the item's own characters, from position 0
+    x = np.zeros((b, t), dtype=np.int64)  # b t
+    y = np.full((b, t), IGNORE_INDEX, dtype=np.int64)  # b t
     x[:, 1:][is_token[:, :-1]] = tokens  # after the leading '.'
     y[is_token] = tokens
-    y[torch.arange(len(items)), lengths] = 0  # the end marker
-    return x, y
+    y[np.arange(b), lengths] = 0  # the end marker
+    return torch.from_numpy(x), torch.from_numpy(y)
 
 
 def bucketed_batches(items, batch_size, generator=None, pool_batches=64, shuffle=True):

@@ -47,7 +47,7 @@ def item_batches(items, max_positions=BATCH_POSITIONS):
         # grow the batch while its padded size (its last item is the longest) stays within the budget
         while end < len(order) and (end + 1 - start) * (lengths[order[end]] + 1) <= max_positions:
             end += 1
-        batches.append(pad_items([items[i] for i in order[start:end]]))
+        batches.append(pad_items(items, order[start:end]))
         start = end
     return batches
 

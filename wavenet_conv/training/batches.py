@@ -25,11 +25,11 @@ def to_device(tensor, device):
     return tensor.pin_memory().to(device, non_blocking=True)
 
 
-def make_name_batch(items, device, compiled=False, time=None):
+def make_name_batch(items, device, compiled=False, time=None, chosen=None):
     """Right-padded whole items and their targets, x = [., w1 .. wL], y = [w1 .. wL, .], padded with 0 and -1
     (to `time` positions if given), and their packed row's layout, all on `device` (compiled: the layout a
-    compiled model reads)."""
-    x, y = pad_items(items)  # b t, b t
+    compiled model reads). chosen: the indices of the batch's items, None: every item."""
+    x, y = pad_items(items, chosen)  # b t, b t
     if time is not None:
         x, y = F.pad(x, (0, time - x.shape[1]), value=0), F.pad(y, (0, time - y.shape[1]), value=IGNORE_INDEX)
     layout = ItemRow.of(x, y, compiled=compiled)
@@ -111,7 +111,7 @@ class NameBatches:
             self.position = 0
         indices = self.epoch[self.position]
         self.position += 1
-        x, y, layout = make_name_batch([self.items[i] for i in indices], self.device, self.compiled, self.time)
+        x, y, layout = make_name_batch(self.items, self.device, self.compiled, self.time, indices)
         return indices, x, y, {"layout": layout}
 
     def state(self):

@@ -48,7 +48,7 @@ class TeacherTargets:
         with torch.inference_mode():
             for first in range(0, len(by_length), TEACHER_BATCH_ITEMS):
                 batch = torch.tensor(by_length[first : first + TEACHER_BATCH_ITEMS])
-                x, y = pad_items([items[i] for i in batch.tolist()])  # b t, b t
+                x, y = pad_items(items, batch.tolist())  # b t, b t
                 layout = ItemRow.of(x, y).to(weights.device)
                 logits = forward(x.to(weights.device), y.to(weights.device), layout)  # b t v
                 self.probabilities[self.positions_of(batch)] = F.softmax(layout.pack(logits), dim=-1).cpu()  # n v
