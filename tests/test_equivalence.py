@@ -322,7 +322,7 @@ def conv1d_calls(conv, x, y, inference=False):
 def test_every_level_runs_its_conv1d_module(make_random_tree, training):
     """Forward hooks see each level's nn.Conv1d above level 0 (a table of token pairs) called once per forward,
     in eval and in training alike, on the packed row (1, c, dilation + n), n the valid positions, not on the
-    padded (b, c, t) batch."""
+    padded (b, c, t) batch, with zero filler up to a multiple of packing.ROW_QUANTUM positions."""
     block_size = 8
     conv = ConvWaveNet.from_tree(make_random_tree(small_config(block_size), seed=31)).train(training)
     x, y = pad_items(encode_items(random_words(block_size, seed=31), VOCAB))
@@ -331,8 +331,9 @@ def test_every_level_runs_its_conv1d_module(make_random_tree, training):
     n = int((y != IGNORE_INDEX).sum())
     assert n < x.numel()  # the packed row is really another shape than the padded batch
     for (m, shape_in, shape_out), level in zip(calls, conv.levels[1:], strict=True):
-        assert tuple(shape_in) == (1, m.in_channels, level.dilation + n)
-        assert tuple(shape_out) == (1, m.out_channels, n)
+        row = level.dilation + n
+        assert tuple(shape_in) == (1, m.in_channels, row + -row % packing.ROW_QUANTUM)
+        assert tuple(shape_out) == (1, m.out_channels, shape_in[2] - level.dilation)
     assert all(level.conv.weight.grad.abs().sum() > 0 for level in conv.levels)  # gradients flow through conv1d
 
 
@@ -354,7 +355,8 @@ def assert_node_by_node(conv, reference, x, y):
 def test_a_level_with_few_long_items_convolves_only_those(make_random_tree, training):
     """Names-like items at block 32: a level where under 3/4 of the positions lie in items longer than its
     dilation runs its module on the sub-row of those items, unpadded (1, c, n_long) -> (1, h, n_long - d); the
-    others on the whole row. Every level runs its module once, and the result is the node-by-node one."""
+    others on the whole row. Either row is followed by zero filler up to a multiple of packing.ROW_QUANTUM
+    positions. Every level runs its module once, and the result is the node-by-node one."""
     conv = ConvWaveNet.from_tree(make_random_tree(small_config(32), seed=35)).train(training)
     x, y = pad_items(encode_items(names_like_words(32, seed=35), VOCAB))
     lengths = (y != IGNORE_INDEX).sum(1)  # b: positions of each item
@@ -366,11 +368,11 @@ def test_a_level_with_few_long_items_convolves_only_those(make_random_tree, trai
     for (m, shape_in, shape_out), level in zip(calls, conv.levels[1:], strict=True):
         d = level.dilation
         n_long = int(lengths[lengths > d].sum())
-        if 4 * n_long < 3 * n:
-            sub_rows += 1
-            assert (tuple(shape_in), tuple(shape_out)) == ((1, m.in_channels, n_long), (1, m.out_channels, n_long - d))
-        else:
-            assert (tuple(shape_in), tuple(shape_out)) == ((1, m.in_channels, d + n), (1, m.out_channels, n))
+        sub_row = 4 * n_long < 3 * n
+        sub_rows += sub_row
+        row = n_long if sub_row else d + n
+        row += -row % packing.ROW_QUANTUM
+        assert (tuple(shape_in), tuple(shape_out)) == ((1, m.in_channels, row), (1, m.out_channels, row - d))
     assert sub_rows >= 2  # the words do reach the sub-row path, at more than one level
     assert_node_by_node(conv, reference, x, y)
 

@@ -9,7 +9,9 @@ node as left context. This module computes exactly that, with less work:
 - **Item starts, exactly** (`causal_conv`). Each level's Conv1d runs once over the whole row (its (1, c, n)
   view), left-padded with `dilation` copies of the all-dot node for the first item. The other items' first
   `dilation` positions would read the item before, so their earlier tap's term is replaced by the earlier tap
-  on the all-dot node; no correction is added, so no item's numbers ever depend on another's.
+  on the all-dot node; no correction is added, so no item's numbers ever depend on another's. The row is
+  followed by zero filler up to a multiple of ROW_QUANTUM positions (`conv_over_rows`), so that a few lengths,
+  not a new one every batch, reach the convolution kernels.
 - **Few long items** (`long_items_conv`): where most items are no longer than the dilation (block 16 and 32's
   dilation 8 on names), the Conv1d runs on the sub-row of the longer items only.
 - **Runs of one length** (`length_runs_conv`): in inference over items sorted by length, as evaluation makes
@@ -52,6 +54,10 @@ from wavenet_conv.models.channels_last import as_rows, as_time
 # positions: in an A/B on one thread (AMD EPYC family 25 model 17), runs of 824-2,197 positions made the folded
 # form 1.01-1.08x faster and the plain conv 0.95-1.06x, runs of 306 made them 0.82-0.92x
 LENGTH_RUN_POSITIONS = 768
+# a Conv1d over a row runs on a multiple of this many positions, zero filler after the row's own: oneDNN makes a
+# kernel for each new length (~2.8 ms more for a level's forward and backward at 1,830 positions, AMD EPYC 26/2,
+# 1 thread) and cuDNN's autotuning times one, and a training batch's row has a new length nearly every step
+ROW_QUANTUM = 64
 
 
 class ItemRow:
@@ -285,11 +291,23 @@ def causal_conv(conv, x, row, left):
         return length_runs_conv(conv, x, row, later_tap, before_item)
     if row.few_longer_than(d):
         return long_items_conv(conv, x, row, later_tap, before_item)
-    h = as_rows(conv(as_time(torch.cat([left.expand(d, -1), x]))))  # (d + n) c -> n h
+    h = conv_over_rows(conv, left.expand(d, -1), x)  # (d + n) c -> n h
     crossing = row.crossing(d)  # m
     # index_select: its backward is an index_add, no sort
     at_starts = torch.addmm(before_item, x.index_select(0, crossing), later_tap.T)  # m h
     return h.index_copy(0, crossing, at_starts)  # n h
+
+
+def conv_over_rows(conv, *rows):
+    """The Conv1d module over rows (m c, the parts given back to back) as one item of m positions: (m - d) h,
+    output j at row j + d. Zero rows follow them up to a multiple of ROW_QUANTUM positions, so that the
+    convolution kernels made for one length serve the batches after; the outputs that read them are dropped."""
+    m = sum(len(part) for part in rows)
+    filler = -m % ROW_QUANTUM
+    if filler:
+        rows = (*rows, rows[0].new_zeros(filler, rows[0].shape[1]))
+    stacked = rows[0] if len(rows) == 1 else torch.cat(rows)  # (m + filler) c
+    return as_rows(conv(as_time(stacked)))[: m - conv.dilation[0]]  # (m - d) h
 
 
 def gathered_taps_conv(conv, x, row, earlier_tap, later_tap, before_item):
@@ -337,7 +355,7 @@ def long_items_conv(conv, x, row, later_tap, before_item):
     its output j is the sub-row's position j + d, kept only where that position is at offset >= d."""
     near_start, in_long_items, source = row.long_items_index(conv.dilation[0])  # m, n_long, n
     at_starts = torch.addmm(before_item, x.index_select(0, near_start), later_tap.T)  # m h
-    inside = as_rows(conv(as_time(x.index_select(0, in_long_items))))  # n_long c -> (n_long - d) h
+    inside = conv_over_rows(conv, x.index_select(0, in_long_items))  # n_long c -> (n_long - d) h
     # each position's row of [at_starts; inside]: its rank among the positions near a start, or its sub-row output
     return torch.cat([at_starts, inside]).index_select(0, source)  # n h
 

@@ -37,8 +37,10 @@ def use_exact_float32_convolutions():
 
     cuDNN rounds float32 convolution inputs to TF32 (10-bit mantissas) unless told not to. The conv form would then
     differ from the tree form, and from its own cached sampler, by ~3e-4 on an H100, not by float32 rounding.
-    cuDNN's autotuning (`cudnn.benchmark`) stays off: packed training gives every step a new length, and timing
-    the algorithms again for each one cost 20 s of a 71 s training run on an H100.
+    cuDNN's autotuning (`cudnn.benchmark`) stays off: when packed training gave every step a new row length, timing
+    the algorithms again for each one cost 20 s of a 71 s training run on an H100. Rows now reach the
+    convolutions in multiples of packing.ROW_QUANTUM positions, so lengths repeat; autotuning has not been
+    measured on a GPU since.
     """
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cudnn.benchmark = False
