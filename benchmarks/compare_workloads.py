@@ -33,7 +33,7 @@ from einops import rearrange
 from wavenet_conv.data.words import IGNORE_INDEX, bucketed_batches, build_windows, pad_items
 from wavenet_conv.models.conv import ConvWaveNet
 from wavenet_conv.models.folded import FoldedConvWaveNet
-from wavenet_conv.models.packing import ItemRow
+from wavenet_conv.models.packing import ROW_QUANTUM, ItemRow
 from wavenet_conv.utils.acceleration import compilations, compile_model
 
 FORMS = ("loop", "tree", "conv", "conv_folded")
@@ -110,7 +110,7 @@ def eager_macs(config, targets, form, mode="eval"):
     the folded form so is level 1 (two row gathers a position). At each level above: the earlier tap on the
     all-dot node (one vector), then the Conv1d over the row and the later tap again at the items' first
     positions; where few items are longer than the dilation, the Conv1d over those items' sub-row and the
-    later tap at every offset below the dilation; where the dilation reaches past every item, the later tap
+    later tap at every offset below the dilation (a Conv1d's row with its zero filler: conv_outputs); where the dilation reaches past every item, the later tap
     alone. Then the head. Training triples the matmuls (the input's and the weight's gradient) but only
     doubles the all-dot node's matrix-vector product (its weight gradient is an outer product, no matmul). In
     training, level 0's batch statistics are counted over the table: two (v v) h matrix-vector products forward
@@ -129,13 +129,19 @@ def eager_macs(config, targets, form, mode="eval"):
         elif runs:  # both taps at offsets >= d, the later tap below
             macs += int((2 * (row.lengths - d).clamp(min=0) + row.lengths.clamp(max=d)).sum()) * h * h
         elif row.few_longer_than(d):  # the later tap at offsets < d, the Conv1d over the longer items' sub-row
-            macs += (int((row.offset < d).sum()) + 2 * (row.positions_longer_than(d) - d)) * h * h
+            macs += (int((row.offset < d).sum()) + 2 * conv_outputs(row.positions_longer_than(d), d)) * h * h
         else:  # the Conv1d over the row, the later tap again at the item starts
-            macs += (2 * n + len(row.crossing(d))) * h * h
+            macs += (2 * conv_outputs(d + n, d) + len(row.crossing(d))) * h * h
     all_dot_macs = max(0, config.n_levels - first_conv) * h * h
     if mode == "train":
         return 3 * macs + 2 * all_dot_macs + 4 * v * v * h
     return macs + all_dot_macs
+
+
+def conv_outputs(m, d):
+    """Outputs of a Conv1d at dilation d over a row of m positions, as packing.conv_over_rows runs it: after zero
+    filler up to a multiple of packing.ROW_QUANTUM positions."""
+    return m + -m % ROW_QUANTUM - d
 
 
 def nominal_macs_per_prediction(config, form):
