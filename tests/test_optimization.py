@@ -95,6 +95,16 @@ def test_cosine_warms_up_then_decays_to_the_floor():
     assert rates[-1] == pytest.approx(0.0, abs=1e-3)
 
 
+def test_linear_warms_up_then_decays_in_a_straight_line():
+    recipe = get_recipe("fast", schedule="linear", warmup_fraction=0.1, final_lr_fraction=0.2)
+    rates = [learning_rate_multiplier(i, recipe, 100) for i in range(100)]
+    assert rates[:10] == pytest.approx([(i + 1) / 10 for i in range(10)])
+    assert rates[10:] == pytest.approx([0.2 + 0.8 * (1 - i / 90) for i in range(90)])
+    cosine = [learning_rate_multiplier(i, get_recipe("fast", schedule="cosine", warmup_fraction=0.1,
+                                                       final_lr_fraction=0.2), 100) for i in range(100)]
+    assert rates[40] < cosine[40] and rates[90] > cosine[90]  # not the cosine
+
+
 def roundtrip(state):
     """Through torch.save and torch.load(weights_only=True), as a checkpoint goes."""
     buffer = io.BytesIO()

@@ -56,6 +56,9 @@ def parse_args(argv):
                         help="conv batches: random names, or names of similar length (default: the recipe's)")
     parser.add_argument("--learning-rate", "-l", type=float, default=None, help="peak learning rate")
     parser.add_argument("--weight-decay", "-w", type=float, default=None, help="AdamW weight decay on the matrices")
+    parser.add_argument("--schedule", choices=("step", "cosine", "linear"), default=None,
+                        help="learning rate over the run: step (the lecture's: a tenth for the last quarter), or a "
+                             "warm-up then a cosine or linear decay (default: the recipe's)")
     parser.add_argument("--n-embd", type=int, default=None, help="number of embedding channels")
     parser.add_argument("--n-hidden", type=int, default=None, help="number of hidden channels of every level")
     parser.add_argument("--block-size", type=int, default=None, help="context length, a power of two")
@@ -135,6 +138,7 @@ def recipe_overrides(args):
     """The recipe fields the flags set (None: the recipe's own)."""
     return {"model": args.model, "batching": args.batching, "max_steps": args.max_steps, "epochs": args.epochs,
             "batch_size": args.batch_size, "learning_rate": args.learning_rate, "weight_decay": args.weight_decay,
+            "schedule": args.schedule,
             "n_embd": args.n_embd, "n_hidden": args.n_hidden, "block_size": args.block_size,
             "eval_interval": args.eval_interval, "log_interval": args.log_interval, "arch": args.arch,
             "dropout": args.dropout, "members": args.members, "distill": args.distill, "teacher": args.teacher,

@@ -38,13 +38,14 @@ def learning_rate_multiplier(step, recipe, max_steps):
     if recipe.schedule == "step":
         # the lecture: `lr = 0.1 if i < 150000 else 0.01` over 200,000 steps
         return 1.0 if step < int(0.75 * max_steps) else 0.1
-    if recipe.schedule == "cosine":
+    if recipe.schedule in ("cosine", "linear"):
         warmup = int(recipe.warmup_fraction * max_steps)
         if step < warmup:
             return (step + 1) / warmup
         progress = (step - warmup) / max(1, max_steps - warmup)
+        decay = 0.5 * (1 + math.cos(math.pi * progress)) if recipe.schedule == "cosine" else 1 - progress
         floor = recipe.final_lr_fraction
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        return floor + (1 - floor) * decay
     raise UserError(f"unknown learning-rate schedule {recipe.schedule!r}")
 
 

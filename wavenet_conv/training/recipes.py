@@ -24,9 +24,10 @@ class Recipe:
     epochs: float = None
     optimizer: str = "sgd"  # sgd: the lecture's `p.data += -lr * p.grad`; adamw: torch.optim.AdamW
     learning_rate: float = 0.1
-    schedule: str = "step"  # step: lr, then lr / 10 for the last quarter (the lecture); cosine: warm-up then cosine
-    warmup_fraction: float = 0.0  # share of the steps with linearly rising lr (cosine only)
-    final_lr_fraction: float = 0.0  # the cosine ends at learning_rate * final_lr_fraction
+    # step: lr, then lr / 10 for the last quarter (the lecture); cosine or linear: warm-up, then that decay
+    schedule: str = "step"
+    warmup_fraction: float = 0.0  # share of the steps with linearly rising lr (cosine and linear)
+    final_lr_fraction: float = 0.0  # the decay ends at learning_rate * final_lr_fraction
     weight_decay: float = 0.0  # AdamW's decoupled decay, on the matrices only (not embeddings, biases, BN)
     betas: tuple = (0.9, 0.999)
     bn_momentum: float = 0.1  # momentum of the batch-norm running statistics
