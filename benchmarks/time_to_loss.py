@@ -1,7 +1,7 @@
 """Seconds from a training command's start to a validation loss: the default recipe to the lecture's 1.9937.
 
     python benchmarks/time_to_loss.py                                      # 3 runs of the default command
-    python benchmarks/time_to_loss.py --runs 2 --variant "" --variant "--precision bf16" --variant "--compile"
+    python benchmarks/time_to_loss.py --runs 2 --variant= --variant="--precision bf16" --variant=--compile
 
 Each run is the whole command, `python -m wavenet_conv.train --target-loss 1.9937 <variant>`, in a fresh
 process, so start-up (importing torch, reading the data) counts as a user waits for it. The variants run in
@@ -30,8 +30,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="runs of each variant (default: 3)")
     parser.add_argument("--variant", action="append", default=None,
-                        help="extra `python -m wavenet_conv.train` flags of one variant, as one string; repeat for "
-                             "more (default: one variant, the default command)")
+                        help="extra `python -m wavenet_conv.train` flags of one variant, as one string after '=' "
+                             "(--variant=\"--precision bf16\"); repeat for more (default: one variant, the "
+                             "default command)")
     parser.add_argument("--target-loss", type=float, default=LECTURE_LOSS,
                         help=f"validation loss to reach (default: {LECTURE_LOSS}, the lecture's)")
     parser.add_argument("--json", default=None, help="write the results here (and a .md beside it)")
