@@ -103,6 +103,19 @@ def test_readme_recipe_table_quotes_the_summaries():
         assert cells(row)[1:5] == expected, f"{path.name}: the README row should read {' | '.join(expected)}"
 
 
+def test_readme_time_to_loss_table_quotes_the_results():
+    """Median, fastest-slowest and steps of each row are those of its variant in time_to_loss_cpu.json."""
+    results = json.loads((RESULTS / "time_to_loss_cpu.json").read_text())["results"]
+    by_variant = {"default (float32)": "(default)", "`--precision bf16`": "--precision bf16",
+                  "`--compile`": "--compile"}
+    rows = [cells(row) for row in table_rows(README.read_text()) if "(benchmarks/results/time_to_loss_cpu.md)" in row]
+    assert {row[0] for row in rows} == set(by_variant)
+    for row in rows:
+        (result,) = [r for r in results if r["variant"] == by_variant[row[0]]]
+        expected = [f"{result['median_s']:.1f}", f"{result['min_s']:.1f}–{result['max_s']:.1f}", f"{result['steps']:.0f}"]
+        assert row[1:4] == expected, f"README's '{row[0]}' row should read {' | '.join(expected)}"
+
+
 def test_readme_python_snippet_runs():
     """The API section's snippet, as printed: it ends with the tree/conv equivalence check."""
     section = README.read_text().split("## Python API", 1)[1]
