@@ -59,7 +59,7 @@ from wavenet_conv.utils.files import write_atomically
 
 ARCHS = ("lecture", "gated")
 DEFAULT_ARCH = "lecture"  # the train command's, so a sweep of lecture trials never passes --arch
-# the space searches AdamW's weight decay and the length of a cosine schedule: the recipes that have them
+# the space searches AdamW's weight decay and the length of a decaying schedule: the recipes that have them
 SWEEP_RECIPES = tuple(name for name, recipe in RECIPES.items() if recipe.optimizer == "adamw")
 SEARCHED = ("arch", "n_embd", "n_hidden", "block_size", "learning_rate", "weight_decay", "dropout", "batch_size",
             "epochs", "distill")
