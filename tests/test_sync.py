@@ -192,6 +192,39 @@ def test_a_lecture_conv_in_eval_mode_issues_no_syncing_op(make_random_tree, form
     assert_close(logits.detach(), (out[0] if isinstance(out, tuple) else out).detach(), atol=0, rtol=0)
 
 
+# ---- on a CUDA device: torch's own sync check ----
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("form", ["lecture train", "gated train", "lecture eval", "folded"])
+def test_on_a_cuda_device_nothing_waits_for_the_gpu(make_random_tree, form):
+    """With `torch.cuda.set_sync_debug_mode("error")` every op that makes the host wait for the GPU raises: a
+    training step's forward, loss and backward, and an eval-mode forward and loss, given their batch's layout,
+    raise nothing; a boolean mask (the control) raises."""
+    arch = "gated" if form.startswith("gated") else "lecture"
+    model = conv_model(arch, 8, make_random_tree, seed=8).cuda().train(form.endswith("train"))
+    model = FoldedConvWaveNet(model) if form == "folded" else model
+    x, y, layout = make_name_batch(encode_items(names_like_words(8, seed=8), VOCAB), "cuda")
+
+    def run():
+        out = model(x, y, layout=layout)
+        logits = out[0] if isinstance(out, tuple) else out
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX)
+        if form.endswith("train"):
+            loss.backward()
+
+    with torch.set_grad_enabled(form.endswith("train")):
+        run()  # lazy initialisation (cuBLAS and cuDNN handles) outside the check
+        torch.cuda.synchronize()
+        previous = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            run()
+            with pytest.raises(RuntimeError, match="synchroniz"):
+                x[x > 0]
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+
+
 # ---- negative controls and misuse ----
 
 @pytest.mark.parametrize("form", ["train", "folded"])
