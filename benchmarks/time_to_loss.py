@@ -35,6 +35,8 @@ def parse_args(argv=None):
                              "default command)")
     parser.add_argument("--target-loss", type=float, default=LECTURE_LOSS,
                         help=f"validation loss to reach (default: {LECTURE_LOSS}, the lecture's)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="where every run trains (default: cpu)")
     parser.add_argument("--json", default=None, help="write the results here (and a .md beside it)")
     args = parser.parse_args(argv)
     if args.runs < 1:
@@ -43,14 +45,15 @@ def parse_args(argv=None):
     return args
 
 
-def train_command(variant, target_loss, work_dir):
-    return [sys.executable, "-m", "wavenet_conv.train", "--target-loss", str(target_loss), "-o", work_dir,
-            "--overwrite", "--num-samples", "0", *shlex.split(variant)]
+def train_command(variant, target_loss, device, work_dir):
+    return [sys.executable, "-m", "wavenet_conv.train", "--target-loss", str(target_loss), "--device", device,
+            "-o", work_dir, "--overwrite", "--num-samples", "0", *shlex.split(variant)]
 
 
-def one_run(variant, target_loss, work_dir):
+def one_run(variant, target_loss, device, work_dir):
     """The run's figures from its summary.json and metrics.jsonl."""
-    done = subprocess.run(train_command(variant, target_loss, work_dir), cwd=REPO, capture_output=True, text=True)
+    command = train_command(variant, target_loss, device, work_dir)
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"the run {variant or '(default)'!r} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
     with open(os.path.join(work_dir, "summary.json")) as f:
@@ -65,7 +68,7 @@ def one_run(variant, target_loss, work_dir):
         "val_at_target": reached[0]["loss"] if reached else None,
         "first_step_done_s": first_step,
         "final_val": summary["val_loss"],
-        "hardware": summary["hardware"],
+        "hardware": summary["hardware"],  # the trainer's device: a CPU with its threads, or the GPU
     }
 
 
@@ -90,7 +93,7 @@ def summarize(variant, runs):
 COLUMNS = [("variant", "flags", "`{}`"), ("reached", "reached", "{}"), ("median_s", "median s", "{:.1f}"),
            ("min_s", "fastest s", "{:.1f}"), ("max_s", "slowest s", "{:.1f}"), ("steps", "steps", "{:.0f}"),
            ("first_step_s", "first step done, s", "{:.2f}"), ("val_at_target", "val at target", "{:.4f}"),
-           ("hardware", "trainer's CPU and threads", "{}")]
+           ("hardware", "trainer's device", "{}")]
 
 
 def main(argv=None):
@@ -99,13 +102,13 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="time_to_loss-") as tmp:
         for round_ in range(args.runs):
             for k, variant in enumerate(args.variant):
-                result = one_run(variant, args.target_loss, os.path.join(tmp, f"v{k}"))
+                result = one_run(variant, args.target_loss, args.device, os.path.join(tmp, f"v{k}"))
                 runs[variant].append(result)
                 print(f"round {round_ + 1}/{args.runs} {variant or '(default)'}: "
                       f"{result['seconds_to_target'] or float('nan'):.1f} s to {args.target_loss}, "
                       f"step {result['steps_to_target']}", flush=True)
     rows = [summarize(variant, runs[variant]) for variant in args.variant]
-    env = environment("cpu", command_line(__file__, argv))
+    env = environment(args.device, command_line(__file__, argv))
     env["note"] = "each run is its own process, with the trainer's own choice of threads (its row says which)"
     result = {"environment": env, "target_loss": args.target_loss, "results": rows}
     if args.json:
