@@ -1,4 +1,5 @@
 """Full-split evaluation: the conv over whole items and the tree over windows give one number."""
+import json
 import random
 
 import pytest
@@ -57,3 +58,36 @@ def test_cli_bad_checkpoint_is_a_one_line_error(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err
+
+
+def test_cli_evaluates_on_the_runs_own_input_with_its_report_sample(tmp_path, small_words_file, monkeypatch, capsys):
+    """Without --input-file the run's recorded input is evaluated, as training reads it: the summary's losses,
+    also where the report samples a big split (here every split over 20 items); a recorded file that is gone is
+    a one-line error that names it. Names.txt, the default before, would not even fit this model's vocabulary."""
+    from wavenet_conv import sample as sample_command
+    from wavenet_conv import train
+    from wavenet_conv.training import report
+
+    monkeypatch.setattr(report, "FINAL_SAMPLE_ITEMS", 20)
+    work_dir = tmp_path / "run"
+    train.main(["-i", str(small_words_file), "-o", str(work_dir), "--max-steps", "5", "--batch-size", "16",
+                "--threads", "1", "--num-samples", "0"])
+    summary = json.loads((work_dir / "summary.json").read_text())
+    out = capsys.readouterr().out
+    assert "the final train loss is over a fixed sample of 20 of its 96 items" in out
+    for where in (work_dir, work_dir / "model.pt"):
+        main(["-o", str(where)])
+        *notes, losses = capsys.readouterr().out.strip().splitlines()
+        assert notes == ["the final train loss is over a fixed sample of 20 of its 96 items"]
+        assert losses == f"train {summary['train_loss']:.4f} val {summary['val_loss']:.4f} test {summary['test_loss']:.4f}"
+    sample_command.main(["-o", str(work_dir), "-n", "2"])
+    assert "of 2 samples" in capsys.readouterr().out  # new names told from the run's own training items
+    small_words_file.rename(tmp_path / "moved.txt")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["-o", str(work_dir)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1
+    assert str(small_words_file) in err and "--input-file" in err
+    with pytest.raises(SystemExit):
+        main(["-o", str(work_dir), "-i", "data/names.txt"])  # another vocabulary: refused, as before
+    assert "not trained on" in capsys.readouterr().err

@@ -9,6 +9,7 @@ import torch
 from wavenet_conv.data.words import DEFAULT_INPUT, read_words, split_words
 from wavenet_conv.inference.sampling import METHODS, SampleError, describe_samples, sample
 from wavenet_conv.models.checkpoint import load
+from wavenet_conv.training.workdir import trained_input_file
 from wavenet_conv.utils.device import DEVICE_CHOICES, resolve_device
 from wavenet_conv.utils.errors import ArgumentParser, exit_on_user_error
 
@@ -36,13 +37,15 @@ def main(argv=None):
     parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
                         help="device to sample on (auto: CUDA when it works); the names do not depend on it")
     parser.add_argument("--input-file", "-i", default=None,
-                        help=f"training data, to mark new names (default {DEFAULT_INPUT}, skipped if absent)")
+                        help=f"training data, to mark new names (default: the file the run trained on, as its "
+                             f"summary.json records it, else {DEFAULT_INPUT}; skipped if absent)")
     args = parser.parse_args(argv)
     if args.num_samples < 0:
         raise SampleError(f"--num-samples must be non-negative, got {args.num_samples}")
 
     model, vocab = load(args.work_dir, resolve_device(args.device))
-    words = read_training_words(args.input_file or DEFAULT_INPUT, explicit=args.input_file is not None)
+    input_file = args.input_file or trained_input_file(args.work_dir) or DEFAULT_INPUT
+    words = read_training_words(input_file, explicit=args.input_file is not None)
     max_len = args.max_len
     if words is not None:
         unseen = set("".join(words)) - set(vocab.itos)
@@ -57,7 +60,7 @@ def main(argv=None):
     if words is None:
         for name in names:
             print(name)
-        print(f"(no training data at {DEFAULT_INPUT}: cannot tell new names; pass --input-file)")
+        print(f"(no training data at {input_file}: cannot tell new names; pass --input-file)")
         return
     for line in describe_samples(names, split_words(words)[0]):
         print(line)

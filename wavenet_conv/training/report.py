@@ -9,7 +9,9 @@ from wavenet_conv.data.words import item_lengths, sample_items
 from wavenet_conv.inference.evaluation import SplitEvaluator
 from wavenet_conv.inference.sampling import describe_samples, sample
 from wavenet_conv.training.trainer import output_is_terminal
+from wavenet_conv.training.workdir import SUMMARY_NAME
 from wavenet_conv.utils.device import hardware_name
+from wavenet_conv.utils.files import write_atomically
 
 FINAL_SAMPLE_ITEMS = 100_000  # the final train and test losses of bigger splits are over a sample of this many
 
@@ -60,4 +62,4 @@ def run_facts(plan, device, config):
 
 
 def write_summary(work_dir, summary):
-    (Path(work_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_atomically(Path(work_dir) / SUMMARY_NAME, lambda tmp: tmp.write_text(json.dumps(summary, indent=2) + "\n"))

@@ -22,10 +22,11 @@ from wavenet_conv.utils.files import write_atomically
 
 RESUME_NAME = "last.pt"
 PLAN_NAME = "plan.json"
+SUMMARY_NAME = "summary.json"
 LOCK_NAME = ".lock"
 LEGACY_PLAN_NAME = "ensemble.json"  # a mixture's plan before plan.json named every run's
 TEACHER_DIR = "teacher"
-RUN_FILES = (PLAN_NAME, LEGACY_PLAN_NAME, RESUME_NAME, CHECKPOINT_NAME, "metrics.jsonl", "summary.json", "loss.png",
+RUN_FILES = (PLAN_NAME, LEGACY_PLAN_NAME, RESUME_NAME, CHECKPOINT_NAME, "metrics.jsonl", SUMMARY_NAME, "loss.png",
              "samples.txt", "train.log")
 
 
@@ -41,6 +42,16 @@ def run_files(work_dir):
     found = [work_dir / name for name in RUN_FILES if (work_dir / name).exists()]
     found += sorted(work_dir.glob("member-*")) + ([work_dir / TEACHER_DIR] if (work_dir / TEACHER_DIR).exists() else [])
     return found
+
+
+def trained_input_file(path):
+    """The input file the run at `path` (its work dir, or a model.pt in it) trained on, as its summary.json
+    records it; None where there is none (a run still training, a model.pt on its own)."""
+    path = Path(path)
+    try:
+        return json.loads(((path if path.is_dir() else path.parent) / SUMMARY_NAME).read_text())["input_file"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def prepare_fresh(work_dir, overwrite):
