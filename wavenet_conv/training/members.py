@@ -13,7 +13,6 @@ run is complete. Ctrl-C or SIGTERM stops every running member at a step boundary
 and starts no other. A worker dies with the command that started it, however the command dies.
 """
 import contextlib
-import json
 import multiprocessing
 import os
 import signal
@@ -30,7 +29,7 @@ from wavenet_conv.training.plan import RunData
 from wavenet_conv.training.report import final_losses, losses_line, run_facts, sample_the_run, write_summary
 from wavenet_conv.training.single import RunStopped, train_single
 from wavenet_conv.training.trainer import StopRequests, count_parameters
-from wavenet_conv.training.workdir import CHECKPOINT_NAME, RESUME_NAME, member_dir
+from wavenet_conv.training.workdir import CHECKPOINT_NAME, RESUME_NAME, member_dir, read_summary
 from wavenet_conv.utils.device import hardware_name, resolve_device
 from wavenet_conv.utils.errors import UserError
 from wavenet_conv.utils.processes import choose_threads, die_with_parent
@@ -112,17 +111,13 @@ def plan_workers(plan, members):
 def finished_member(plan):
     """On a --resume, the summary of a member whose run is complete at the plan's length (it is not run again);
     None for a member to train or resume."""
-    path, last = plan.work_dir / "summary.json", plan.work_dir / RESUME_NAME
-    if not plan.resume or not path.is_file():
-        return None
-    try:
-        summary = json.loads(path.read_text())
-    except (OSError, ValueError):  # torn by a kill while it was written: the resumed run writes it again
+    summary = read_summary(plan.work_dir) if plan.resume else None
+    if summary is None:  # none yet, or unreadable: the resumed run writes it again
         return None
     settings = summary.get("settings", {})
     if any(settings.get(name) != getattr(plan.recipe, name) for name in ("max_steps", "epochs")):
         return None  # asked to train to another length
-    if load_checkpoint(last)["step"] != summary.get("steps"):
+    if load_checkpoint(plan.work_dir / RESUME_NAME)["step"] != summary.get("steps"):
         return None  # its last.pt went on after this summary (a longer --resume, interrupted)
     return summary
 

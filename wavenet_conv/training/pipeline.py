@@ -14,7 +14,7 @@ from wavenet_conv.training.distill import TeacherTargets
 from wavenet_conv.training.members import train_mixture
 from wavenet_conv.training.single import train_single
 from wavenet_conv.training.trainer import count_parameters
-from wavenet_conv.training.workdir import PLAN_NAME, RESUME_NAME, TEACHER_DIR, write_plan
+from wavenet_conv.training.workdir import PLAN_NAME, RESUME_NAME, SUMMARY_NAME, TEACHER_DIR, write_plan
 from wavenet_conv.utils.device import resolve_device
 from wavenet_conv.utils.errors import UserError
 
@@ -58,7 +58,7 @@ def distillation_teacher(plan, data, device, started):
         facts = {"path": str(recipe.teacher)}
     else:
         stage = teacher_plan(plan)
-        finished = stage.work_dir / "summary.json"  # a run's last file: the teacher's run is complete
+        finished = stage.work_dir / SUMMARY_NAME  # a run's last file: the teacher's run is complete
         if stage.resume and finished.is_file():
             print(f"distilling from the teacher trained before in {str(stage.work_dir)!r}")
             summary = json.loads(finished.read_text())

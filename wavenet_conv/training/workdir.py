@@ -16,7 +16,7 @@ import shutil
 import socket
 from pathlib import Path
 
-from wavenet_conv.models.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from wavenet_conv.models.checkpoint import CHECKPOINT_NAME, checkpoint_path, load_checkpoint
 from wavenet_conv.utils.errors import CheckpointError, UserError
 from wavenet_conv.utils.files import write_atomically
 
@@ -44,14 +44,19 @@ def run_files(work_dir):
     return found
 
 
+def read_summary(work_dir):
+    """The summary.json of the run in work_dir, or None where there is none it can read (a run still training)."""
+    try:
+        return json.loads((Path(work_dir) / SUMMARY_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def trained_input_file(path):
     """The input file the run at `path` (its work dir, or a model.pt in it) trained on, as its summary.json
     records it; None where there is none (a run still training, a model.pt on its own)."""
-    path = Path(path)
-    try:
-        return json.loads(((path if path.is_dir() else path.parent) / SUMMARY_NAME).read_text())["input_file"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    summary = read_summary(checkpoint_path(path).parent)
+    return summary.get("input_file") if isinstance(summary, dict) else None
 
 
 def prepare_fresh(work_dir, overwrite):
