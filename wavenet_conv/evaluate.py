@@ -6,8 +6,8 @@ The splits are those the run trained on: its input file (as its summary.json rec
 it, so the numbers are the run's own (on an input of millions of lines the train and test losses are over the
 same fixed sample as the run's report).
 """
-from wavenet_conv.data.words import DEFAULT_INPUT, read_words, split_words
-from wavenet_conv.inference.evaluation import SPLIT_NAMES, check_vocab
+from wavenet_conv.data.words import DEFAULT_INPUT
+from wavenet_conv.inference.evaluation import check_vocab
 from wavenet_conv.models.checkpoint import load
 from wavenet_conv.training.plan import RunData
 from wavenet_conv.training.report import final_losses
@@ -18,13 +18,13 @@ from wavenet_conv.utils.errors import ArgumentParser, DatasetError, exit_on_user
 
 def model_splits(input_file, vocab):
     """{split: items} of the input file for a model of `vocab`: the token store's, as training reads them, when
-    the file's vocabulary is the model's; otherwise its words, every character checked against the model's."""
+    the file's vocabulary is the model's; otherwise the splits' words (the store's items as text), the file's
+    characters checked against the model's."""
     data = RunData.read(input_file)
     if data.vocab.itos == vocab.itos:
         return data.splits
-    words = read_words(input_file)
-    check_vocab(words, vocab)
-    return dict(zip(SPLIT_NAMES, split_words(words)))
+    check_vocab(data.vocab.itos[1:], vocab)  # the characters the file holds
+    return {name: list(items) for name, items in data.splits.items()}
 
 
 @exit_on_user_error
