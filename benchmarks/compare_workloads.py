@@ -33,7 +33,7 @@ from einops import rearrange
 from wavenet_conv.data.words import IGNORE_INDEX, bucketed_batches, build_windows, pad_items
 from wavenet_conv.models.conv import ConvWaveNet
 from wavenet_conv.models.folded import FoldedConvWaveNet
-from wavenet_conv.models.packing import ROW_QUANTUM, ItemRow
+from wavenet_conv.models.packing import ItemRow, quantized_length
 from wavenet_conv.utils.acceleration import compilations, compile_model
 
 FORMS = ("loop", "tree", "conv", "conv_folded")
@@ -140,8 +140,8 @@ def eager_macs(config, targets, form, mode="eval"):
 
 def conv_outputs(m, d):
     """Outputs of a Conv1d at dilation d over a row of m positions, as packing.conv_over_rows runs it: after zero
-    filler up to a multiple of packing.ROW_QUANTUM positions."""
-    return m + -m % ROW_QUANTUM - d
+    filler up to packing.quantized_length(m)."""
+    return quantized_length(m) - d
 
 
 def nominal_macs_per_prediction(config, form):

@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from benchmarks.common import (command_line, environment, markdown_table, report_header, write_json,  # noqa: E402
+from benchmarks.common import (REPO, command_line, environment, markdown_table, report_header, write_json,  # noqa: E402
                                write_text)
 
 # host calls that wait for the GPU: explicit synchronization, and copies whose result the host reads
@@ -50,7 +50,7 @@ def make_trainer(recipe_name, device, work_dir):
     from wavenet_conv.training.recipes import get_recipe
     from wavenet_conv.training.trainer import Trainer
 
-    data = RunData.read(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), DEFAULT_INPUT))
+    data = RunData.read(os.path.join(REPO, DEFAULT_INPUT))
     return Trainer(get_recipe(recipe_name), data.vocab, data.splits, device, 42, work_dir, time.monotonic())
 
 

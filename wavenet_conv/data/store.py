@@ -187,7 +187,8 @@ class ItemSplit:
         """(tokens, lengths) of the chosen items (b), their tokens back to back (numpy int64): one gather from
         the token array, no list per item."""
         items = self.index[np.asarray(chosen, dtype=np.int64)]  # b
-        starts, lengths = self.store.offsets[items], self.store.offsets[items + 1] - self.store.offsets[items]
+        starts = self.store.offsets[items]  # b
+        lengths = self.store.offsets[items + 1] - starts  # b
         item_starts = np.cumsum(lengths) - lengths  # b: each item's first token in the result
         positions = np.arange(int(lengths.sum())) + np.repeat(starts - item_starts, lengths)  # n
         return self.store.tokens[positions].astype(np.int64), lengths

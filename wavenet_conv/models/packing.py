@@ -298,12 +298,17 @@ def causal_conv(conv, x, row, left):
     return h.index_copy(0, crossing, at_starts)  # n h
 
 
+def quantized_length(m):
+    """The length a Conv1d runs a row of m positions as: m rounded up to a multiple of ROW_QUANTUM."""
+    return m + -m % ROW_QUANTUM
+
+
 def conv_over_rows(conv, *rows):
     """The Conv1d module over rows (m c, the parts given back to back) as one item of m positions: (m - d) h,
     output j at row j + d. Zero rows follow them up to a multiple of ROW_QUANTUM positions, so that the
     convolution kernels made for one length serve the batches after; the outputs that read them are dropped."""
     m = sum(len(part) for part in rows)
-    filler = -m % ROW_QUANTUM
+    filler = quantized_length(m) - m
     if filler:
         rows = (*rows, rows[0].new_zeros(filler, rows[0].shape[1]))
     stacked = rows[0] if len(rows) == 1 else torch.cat(rows)  # (m + filler) c
