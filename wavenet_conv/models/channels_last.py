@@ -18,8 +18,9 @@ from torch import nn
 
 
 def as_time(rows):
-    """n c -> 1 c n: the rows as one item of n positions for a Conv1d (a view, channels-last)."""
-    return rearrange(rows, "n c -> 1 c n")
+    """n c -> 1 c n: the rows as one item of n positions for a Conv1d (a view, channels-last, its batch stride
+    n * c as in a batch of such items)."""
+    return rearrange(rows, "(b n) c -> b c n", b=1)
 
 
 def as_rows(x):
@@ -42,8 +43,10 @@ class ChannelsLastConv1d(nn.Conv1d):
         if self.padding_mode != "zeros" or isinstance(self.padding, str) or not is_channels_last(x):
             return super()._conv_forward(x, weight, bias)
         b, c, t = x.shape
-        # b c 1 t, NHWC, with the strides oneDNN takes as is (a size-1 batch of a view may carry any stride)
-        x = x.as_strided((b, c, 1, t), (t * c, 1, t * c, c))
+        if x.stride(0) == t * c:  # b c 1 t, NHWC, a view whose backward is a view (einops would reset the stride)
+            x = x.unsqueeze(2)
+        else:  # a size-1 batch may carry any batch stride; oneDNN takes NHWC only with this one
+            x = x.as_strided((b, c, 1, t), (t * c, 1, t * c, c))  # its backward copies the whole gradient
         out = F.conv2d(x, rearrange(weight, "h c k -> h c 1 k"), bias,
                        (1, self.stride[0]), (0, self.padding[0]), (1, self.dilation[0]), self.groups)
         return rearrange(out, "b h 1 t -> b h t")  # channels-last, as its input
