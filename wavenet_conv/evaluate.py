@@ -6,6 +6,11 @@ The splits are those the run trained on: its input file (as its summary.json rec
 it, so the numbers are the run's own (on an input of millions of lines the train and test losses are over the
 same fixed sample as the run's report).
 """
+import gc
+
+if __name__ == "__main__":
+    gc.disable()  # until the imports are done: utils/processes.py, end_start_up
+
 from wavenet_conv.data.words import DEFAULT_INPUT
 from wavenet_conv.inference.evaluation import check_vocab
 from wavenet_conv.models.checkpoint import load
@@ -14,6 +19,7 @@ from wavenet_conv.training.report import final_losses
 from wavenet_conv.training.workdir import trained_input_file
 from wavenet_conv.utils.device import DEVICE_CHOICES, resolve_device
 from wavenet_conv.utils.errors import ArgumentParser, DatasetError, exit_on_user_error
+from wavenet_conv.utils.processes import end_start_up
 
 
 def model_splits(input_file, vocab):
@@ -49,4 +55,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    end_start_up()
     main()

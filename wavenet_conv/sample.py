@@ -2,6 +2,11 @@
 
     python -m wavenet_conv.sample -o out -n 20 --temperature 0.8 --prefix ja
 """
+import gc
+
+if __name__ == "__main__":
+    gc.disable()  # until the imports are done: utils/processes.py, end_start_up
+
 from pathlib import Path
 
 import torch
@@ -12,6 +17,7 @@ from wavenet_conv.models.checkpoint import load
 from wavenet_conv.training.workdir import trained_input_file
 from wavenet_conv.utils.device import DEVICE_CHOICES, resolve_device
 from wavenet_conv.utils.errors import ArgumentParser, exit_on_user_error
+from wavenet_conv.utils.processes import end_start_up
 
 
 def read_training_words(input_file, explicit):
@@ -67,4 +73,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    end_start_up()
     main()

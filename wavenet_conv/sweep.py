@@ -33,6 +33,11 @@ The search space (the train flag of each setting is --name with dashes):
 A train flag given after `--` is passed to every trial and takes its setting out of the search. Needs Optuna:
 pip install -e ".[sweep]".
 """
+import gc
+
+if __name__ == "__main__":
+    gc.disable()  # until the imports are done: utils/processes.py, end_start_up
+
 import argparse
 import contextlib
 import fcntl
@@ -56,6 +61,7 @@ from wavenet_conv.training.recipes import RECIPES, get_recipe
 from wavenet_conv.training.trainer import count_parameters, create_model
 from wavenet_conv.utils.errors import UserError, exit_on_user_error
 from wavenet_conv.utils.files import write_atomically
+from wavenet_conv.utils.processes import end_start_up
 
 ARCHS = ("lecture", "gated")
 DEFAULT_ARCH = "lecture"  # the train command's, so a sweep of lecture trials never passes --arch
@@ -618,4 +624,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    end_start_up()
     main()

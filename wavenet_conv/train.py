@@ -14,7 +14,7 @@ The work dir's files are listed in training/workdir.py.
 import gc
 
 if __name__ == "__main__":
-    gc.disable()  # for the start-up only: see the end of this file
+    gc.disable()  # until the imports are done: utils/processes.py, end_start_up
 
 import signal
 import sys
@@ -38,7 +38,7 @@ from wavenet_conv.training.workdir import WorkDirLock, prepare_fresh, read_plan,
 from wavenet_conv.utils.acceleration import COMPILE_HELP, PRECISION_HELP, PRECISIONS
 from wavenet_conv.utils.device import DEVICE_CHOICES, resolve_device
 from wavenet_conv.utils.errors import ArgumentParser, CheckpointError, UserError, exit_on_user_error
-from wavenet_conv.utils.processes import choose_threads, command_start_time
+from wavenet_conv.utils.processes import choose_threads, command_start_time, end_start_up
 
 COMMAND_STARTED = None  # set when run as a command; in-process callers time from main()'s entry
 
@@ -242,11 +242,6 @@ def sample_only(args):
 
 if __name__ == "__main__":
     COMMAND_STARTED = command_start_time()
-    # Start-up makes about a million objects that live as long as the process (torch, and torch._dynamo, which
-    # every torch.optim optimizer imports when it is built: imported here with the others). With the cyclic
-    # collector on, importing them scans them over and over (~0.5 s of a 2 s start on 2 cores); frozen, no
-    # collection during training scans them again.
-    import torch._dynamo  # noqa: F401
-    gc.freeze()
-    gc.enable()
+    import torch._dynamo  # noqa: F401  (every torch.optim optimizer imports it when built: here, with the others)
+    end_start_up()
     main()
