@@ -9,9 +9,11 @@ if __name__ == "__main__":
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from wavenet_conv.data.words import DEFAULT_INPUT, read_words, split_words
+from wavenet_conv.data.store import ItemStore
+from wavenet_conv.data.words import DEFAULT_INPUT
 from wavenet_conv.inference.sampling import METHODS, SampleError, describe_samples, sample
 from wavenet_conv.models.checkpoint import load
 from wavenet_conv.training.workdir import trained_input_file
@@ -20,11 +22,12 @@ from wavenet_conv.utils.errors import ArgumentParser, exit_on_user_error
 from wavenet_conv.utils.processes import end_start_up
 
 
-def read_training_words(input_file, explicit):
-    """The items of the input file, or None when the default file is absent (new names are then not marked)."""
+def open_training_data(input_file, explicit):
+    """The input file's token store (data/store.py: encoded once, cached, memory-mapped, so a file of millions of
+    lines is not read into strings), or None when the default file is absent (new names are then not marked)."""
     if not explicit and not Path(input_file).exists():
         return None
-    return read_words(input_file)
+    return ItemStore.open(input_file)
 
 
 @exit_on_user_error
@@ -51,24 +54,24 @@ def main(argv=None):
 
     model, vocab = load(args.work_dir, resolve_device(args.device))
     input_file = args.input_file or trained_input_file(args.work_dir) or DEFAULT_INPUT
-    words = read_training_words(input_file, explicit=args.input_file is not None)
+    store = open_training_data(input_file, explicit=args.input_file is not None)
     max_len = args.max_len
-    if words is not None:
-        unseen = set("".join(words)) - set(vocab.itos)
+    if store is not None:
+        unseen = set(store.vocab.itos) - set(vocab.itos)
         if unseen:
             raise SampleError(f"the input file has characters the model never saw ({''.join(sorted(unseen))!r}): "
                               f"is it the training data?")
         if max_len is None:
-            max_len = len(args.prefix) + 2 * max(map(len, words))
+            max_len = len(args.prefix) + 2 * int(np.diff(store.offsets).max())  # twice the longest item
     generator = torch.Generator().manual_seed(args.seed)  # on the CPU: the same seed, the same names anywhere
     names = sample(model, vocab, args.num_samples, method=args.method, generator=generator,
                    temperature=args.temperature, top_k=args.top_k, prefix=args.prefix, max_len=max_len)
-    if words is None:
+    if store is None:
         for name in names:
             print(name)
         print(f"(no training data at {input_file}: cannot tell new names; pass --input-file)")
         return
-    for line in describe_samples(names, split_words(words)[0]):
+    for line in describe_samples(names, store.splits()[0]):  # the training split's items
         print(line)
 
 
