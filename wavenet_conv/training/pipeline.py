@@ -5,7 +5,6 @@
 Each stage keeps its own checkpoints in its own work dir, so a --resume after a kill at any stage continues
 every stage from where it stopped and runs no finished one again.
 """
-import json
 from dataclasses import replace
 
 from wavenet_conv.data.words import encode_items
@@ -14,7 +13,7 @@ from wavenet_conv.training.distill import TeacherTargets
 from wavenet_conv.training.members import train_mixture
 from wavenet_conv.training.single import train_single
 from wavenet_conv.training.trainer import count_parameters
-from wavenet_conv.training.workdir import PLAN_NAME, RESUME_NAME, SUMMARY_NAME, TEACHER_DIR, write_plan
+from wavenet_conv.training.workdir import PLAN_NAME, RESUME_NAME, TEACHER_DIR, read_summary, write_plan
 from wavenet_conv.utils.device import resolve_device
 from wavenet_conv.utils.errors import UserError
 
@@ -58,11 +57,10 @@ def distillation_teacher(plan, data, device, started):
         facts = {"path": str(recipe.teacher)}
     else:
         stage = teacher_plan(plan)
-        finished = stage.work_dir / SUMMARY_NAME  # a run's last file: the teacher's run is complete
-        if stage.resume and finished.is_file():
+        summary = read_summary(stage.work_dir) if stage.resume else None  # a run's last file: the teacher is done
+        if summary is not None:
             print(f"distilling from the teacher trained before in {str(stage.work_dir)!r}")
-            summary = json.loads(finished.read_text())
-        else:
+        else:  # a new teacher, or one a --resume continues (an unreadable summary too: its stages resume)
             print(f"distilling from a teacher trained first in {str(stage.work_dir)!r}:")
             summary = run_training(stage, data, started)
         teacher, teacher_vocab = load(stage.work_dir, device)
