@@ -83,9 +83,10 @@ def train_command(flags, target_loss, device, work_dir):
             "-o", work_dir, "--overwrite", "--num-samples", "0", *flags]
 
 
-def one_run(variant, checkout, target_loss, device, work_dir):
-    """The run's figures from its summary.json and metrics.jsonl; checkout: the code it runs (its directory)."""
-    command = train_command(revision_and_flags(variant)[1], target_loss, device, work_dir)
+def one_run(variant, flags, checkout, target_loss, device, work_dir):
+    """The run's figures from its summary.json and metrics.jsonl; flags: the variant's train flags, checkout: the
+    code it runs (its directory)."""
+    command = train_command(flags, target_loss, device, work_dir)
     done = subprocess.run(command, cwd=checkout, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"the run {variant or '(default)'!r} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
@@ -137,11 +138,12 @@ COLUMNS = [("variant", "flags", "`{}`"), ("reached", "reached", "{}"), ("median_
 def main(argv=None):
     args = parse_args(argv)
     runs = {variant: [] for variant in args.variant}
-    revisions = [revision_and_flags(variant)[0] for variant in args.variant]
-    with tempfile.TemporaryDirectory(prefix="time_to_loss-") as tmp, checkouts(revisions, tmp) as checkout:
+    parsed = [revision_and_flags(variant) for variant in args.variant]  # (revision, flags) of each
+    with tempfile.TemporaryDirectory(prefix="time_to_loss-") as tmp, \
+            checkouts([revision for revision, _ in parsed], tmp) as checkout:
         for round_ in range(args.runs):
-            for k, variant in enumerate(args.variant):
-                result = one_run(variant, checkout[revisions[k]], args.target_loss, args.device,
+            for k, (variant, (revision, flags)) in enumerate(zip(args.variant, parsed)):
+                result = one_run(variant, flags, checkout[revision], args.target_loss, args.device,
                                  os.path.join(tmp, f"v{k}"))
                 runs[variant].append(result)
                 print(f"round {round_ + 1}/{args.runs} {variant or '(default)'}: "
