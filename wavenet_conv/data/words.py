@@ -127,7 +127,7 @@ def pad_items(items, chosen=None):
         tokens, lengths = items.token_runs(range(len(items)) if chosen is None else chosen)
     else:
         chosen_items = items if chosen is None else [items[i] for i in chosen]
-        lengths = np.fromiter((len(item) for item in chosen_items), dtype=np.int64, count=len(chosen_items))
+        lengths = item_lengths(chosen_items)
         tokens = np.fromiter((token for item in chosen_items for token in item), dtype=np.int64,
                              count=int(lengths.sum()))
     return pad_token_runs(tokens, lengths)
