@@ -105,18 +105,19 @@ def compiled_macs(config, targets, form, mode):
 
 
 def eager_macs(config, targets, form, mode="eval"):
-    """ConvWaveNet or FoldedConvWaveNet on a padded batch: its valid positions packed in one row. Level 0 is a
-    table of every token pair (the conv computes it each call, the folded form once when it is built), and in
-    the folded form so is level 1 (two row gathers a position). At each level above: the earlier tap on the
-    all-dot node (one vector), then the Conv1d over the row and the later tap again at the items' first
-    positions; where few items are longer than the dilation, the Conv1d over those items' sub-row and the
-    later tap at every offset below the dilation (a Conv1d's row with its zero filler: conv_outputs); where the dilation reaches past every item, the later tap
-    alone. Then the head. Training triples the matmuls (the input's and the weight's gradient) but only
-    doubles the all-dot node's matrix-vector product (its weight gradient is an outer product, no matmul). In
-    training, level 0's batch statistics are counted over the table: two (v v) h matrix-vector products forward
-    (the mean and the variance) and two outer products of that size backward. In eval over items sorted by
-    length in long runs (the whole validation split, bucketed), each level does both taps at offsets >= its
-    dilation and the later tap below, nothing replaced."""
+    """ConvWaveNet or FoldedConvWaveNet on a padded batch: its valid positions packed in one row. Level 0 is a table of
+    every token pair (the conv computes it each call, the folded form once when it is built),
+    and in the folded form so is level 1 (two row gathers a position). At each level above: the earlier tap on the
+    all-dot node (one vector), then the Conv1d over the row and the later tap again at the items' first positions;
+    where few items are longer than the dilation, the Conv1d over those items' sub-row and the later tap at every
+    offset below the dilation (a Conv1d's row with its zero filler: conv_outputs); where most positions lie at
+    offsets below the dilation, the later tap at every position and the earlier one at the others; where the
+    dilation reaches past every item, the later tap alone. Then the head. Training triples the matmuls (the input's
+    and the weight's gradient) but only doubles the all-dot node's matrix-vector product (its weight gradient is an
+    outer product, no matmul). In training, level 0's batch statistics are counted over the table: two (v v) h
+    matrix-vector products forward (the mean and the variance) and two outer products of that size backward. In eval
+    over items sorted by length in long runs (the whole validation split, bucketed), each level does both taps at
+    offsets >= its dilation and the later tap below, nothing replaced."""
     row = ItemRow((targets != IGNORE_INDEX).sum(1))
     n, h, v = len(row.offset), config.n_hidden, config.vocab_size
     macs = n * h * v + (v * v * 2 * config.n_embd * h if form == "conv" else 0)
@@ -130,6 +131,8 @@ def eager_macs(config, targets, form, mode="eval"):
             macs += int((2 * (row.lengths - d).clamp(min=0) + row.lengths.clamp(max=d)).sum()) * h * h
         elif row.few_longer_than(d):  # the later tap at offsets < d, the Conv1d over the longer items' sub-row
             macs += (int((row.offset < d).sum()) + 2 * conv_outputs(row.positions_longer_than(d), d)) * h * h
+        elif row.mostly_near_start(d):  # the later tap at every position, the earlier at offsets >= d
+            macs += (2 * n - row.positions_near_start[d]) * h * h
         else:  # the Conv1d over the row, the later tap again at the item starts
             macs += (2 * conv_outputs(d + n, d) + len(row.crossing(d))) * h * h
     all_dot_macs = max(0, config.n_levels - first_conv) * h * h

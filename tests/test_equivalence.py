@@ -319,10 +319,12 @@ def conv1d_calls(conv, x, y, inference=False):
 
 
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
-def test_every_level_runs_its_conv1d_module(make_random_tree, training):
-    """Forward hooks see each level's nn.Conv1d above level 0 (a table of token pairs) called once per forward,
-    in eval and in training alike, on the packed row (1, c, dilation + n), n the valid positions, not on the
-    padded (b, c, t) batch, with zero filler up to a multiple of packing.ROW_QUANTUM positions."""
+def test_every_level_runs_its_conv1d_module(make_random_tree, training, monkeypatch):
+    """Where no level has most of its positions at an item's start, forward hooks see each level's nn.Conv1d
+    above level 0 (a table of token pairs) called once per forward, in eval and in training alike, on the packed
+    row (1, c, dilation + n), n the valid positions, not on the padded (b, c, t) batch, with zero filler up to a
+    multiple of packing.ROW_QUANTUM positions."""
+    monkeypatch.setattr(packing, "NEAR_START_SHARE", 2.0)  # no level runs its taps as matmuls
     block_size = 8
     conv = ConvWaveNet.from_tree(make_random_tree(small_config(block_size), seed=31)).train(training)
     x, y = pad_items(encode_items(random_words(block_size, seed=31), VOCAB))
@@ -335,6 +337,30 @@ def test_every_level_runs_its_conv1d_module(make_random_tree, training):
         assert tuple(shape_in) == (1, m.in_channels, row + -row % packing.ROW_QUANTUM)
         assert tuple(shape_out) == (1, m.out_channels, shape_in[2] - level.dilation)
     assert all(level.conv.weight.grad.abs().sum() > 0 for level in conv.levels)  # gradients flow through conv1d
+
+
+def name_length_words(seed):
+    """Items of 5-7 characters, as names are: at dilation 2 under a third of the positions lie at an item's
+    start, at dilation 4 over half."""
+    g = torch.Generator().manual_seed(seed)
+    return ["".join(ALPHABET[i] for i in torch.randint(0, len(ALPHABET), (n,), generator=g).tolist())
+            for n in (5, 7, 6, 5, 7, 6)]
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_a_level_mostly_at_item_starts_runs_its_taps_as_matmuls(make_random_tree, training):
+    """Name-length items at block 8: the dilation-2 level runs its Conv1d module over the row; at dilation 4,
+    where over packing.NEAR_START_SHARE of the outputs would be replaced, the level runs its two taps as matmuls
+    on the module's weight, without calling it. The result is the node-by-node one, every level with a
+    gradient."""
+    conv = ConvWaveNet.from_tree(make_random_tree(small_config(8), seed=37)).train(training)
+    x, y = pad_items(encode_items(name_length_words(seed=37), VOCAB))
+    layout = ItemRow.of(x, y)
+    assert [layout.mostly_near_start(d) for d in (2, 4)] == [False, True]
+    reference = copy.deepcopy(conv)
+    calls = conv1d_calls(conv, x, y)
+    assert [m for m, _, _ in calls] == [conv.levels[1].conv]
+    assert_node_by_node(conv, reference, x, y)
 
 
 def assert_node_by_node(conv, reference, x, y):
@@ -378,9 +404,11 @@ def test_a_level_with_few_long_items_convolves_only_those(make_random_tree, trai
 
 
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
-def test_a_level_whose_dilation_passes_every_item_reads_only_the_all_dot_node(make_random_tree, training):
+def test_a_level_whose_dilation_passes_every_item_reads_only_the_all_dot_node(make_random_tree, training,
+                                                                             monkeypatch):
     """Items of at most 4 positions at block 32: levels with dilation >= 4 skip the module (every earlier tap
     reads the all-dot node: a 1x1 convolution of the later tap), and the result is still the node-by-node one."""
+    monkeypatch.setattr(packing, "NEAR_START_SHARE", 2.0)  # the dilation-2 level on the row, by its module
     conv = ConvWaveNet.from_tree(make_random_tree(small_config(32), seed=33)).train(training)
     x, y = pad_items(encode_items(["abc", "", "d", "efg", "ab"], VOCAB))  # longest: 4 positions
     reference = copy.deepcopy(conv)
@@ -556,14 +584,29 @@ def test_packed_training_equals_the_node_by_node_reference_with_gradients(make_r
         assert_close(p.grad, q.grad, atol=1e-10, rtol=1e-10, msg=lambda m: f"{name}: {m}")
 
 
+def reads_across_item_starts(row, dilation):
+    """Broken on purpose: every position's earlier tap reads `dilation` back in the row, into the item before."""
+    reads = torch.arange(dilation, row.n) - dilation  # m
+    source = torch.cat([torch.zeros(dilation, dtype=torch.long), torch.arange(1, row.n - dilation + 1)])  # n
+    return reads, source
+
+
+@pytest.mark.parametrize("path", ["row", "taps"])
 @pytest.mark.parametrize("block_size", [4, 8])
-def test_control_packed_items_without_the_start_fix_fail_the_check(make_random_tree, block_size, monkeypatch):
-    """Broken on purpose: the packed row's items read the item before them, as plain packing does."""
+def test_control_packed_items_without_the_start_fix_fail_the_check(make_random_tree, block_size, path,
+                                                                   monkeypatch):
+    """Broken on purpose: the packed row's items read the item before them, as plain packing does, on the
+    Conv1d's row (nothing replaced) and with the taps as matmuls (every earlier tap `dilation` back)."""
     conv = ConvWaveNet.from_tree(make_random_tree(small_config(block_size), seed=43)).train()
     x, y = pad_items(encode_items(random_words(block_size, seed=43), VOCAB))
     with torch.no_grad():
         expected_logits, _, _ = reference_training_forward(conv, x, y)
-        monkeypatch.setattr(ItemRow, "crossing", lambda row, dilation: torch.zeros(0, dtype=torch.long))
+        if path == "row":
+            monkeypatch.setattr(packing, "NEAR_START_SHARE", 2.0)
+            monkeypatch.setattr(ItemRow, "crossing", lambda row, dilation: torch.zeros(0, dtype=torch.long))
+        else:
+            monkeypatch.setattr(packing, "NEAR_START_SHARE", 0.0)
+            monkeypatch.setattr(ItemRow, "earlier_reads", reads_across_item_starts)
         logits, _ = conv(x, y)
     gaps = (logits[y != IGNORE_INDEX] - expected_logits).abs().amax(-1)  # n
     assert gaps.max() > LARGE_GAP

@@ -42,6 +42,19 @@ def names_like_words(block_size, seed):
             for n in lengths]
 
 
+def name_length_words(block_size, seed):
+    """Items of 5-7 characters, as names are, and one of half the block: at block 8 the dilation-2 level runs
+    on the whole row, the dilation-4 one (over half its positions at an item's start) its taps as matmuls."""
+    g = torch.Generator().manual_seed(seed)
+    return ["".join(ALPHABET[i] for i in torch.randint(0, len(ALPHABET), (n,), generator=g).tolist())
+            for n in (5, 7, 6, 5, 7, 6, block_size // 2 + 1)]
+
+
+WORDS = {"names-like": names_like_words, "name-length": name_length_words}
+PATHS_REACHED = {("names-like", 8): {"taps", "long items"}, ("names-like", 32): {"row", "taps", "long items"},
+                 ("name-length", 8): {"row", "taps"}, ("name-length", 32): {"row", "taps", "long items"}}
+
+
 def conv_model(arch, block_size, make_random_tree, seed=0):
     config = ModelConfig(len(VOCAB), block_size, n_embd=5, n_hidden=12, arch=arch)
     if arch == "lecture":
@@ -57,8 +70,10 @@ def paths_taken(layout, model):
     for dilation in (2**i for i in range(1, model.config.n_levels)):
         if layout.longest <= dilation:
             paths.add("later tap alone")
+        elif layout.few_longer_than(dilation):
+            paths.add("long items")
         else:
-            paths.add("long items" if layout.few_longer_than(dilation) else "row")
+            paths.add("taps" if layout.mostly_near_start(dilation) else "row")
     return paths
 
 
@@ -114,18 +129,19 @@ def test_the_mode_lets_sync_free_ops_pass(op):
 
 # ---- training: forward, loss and backward ----
 
+@pytest.mark.parametrize("words", WORDS)
 @pytest.mark.parametrize("block_size", BLOCK_SIZES)
 @pytest.mark.parametrize("arch", ["lecture", "gated"])
-def test_a_training_step_issues_no_syncing_op(make_random_tree, arch, block_size):
+def test_a_training_step_issues_no_syncing_op(make_random_tree, arch, block_size, words):
     model = conv_model(arch, block_size, make_random_tree, seed=1).train()
-    x, y, layout = make_name_batch(encode_items(names_like_words(block_size, seed=1), VOCAB), "cpu")
+    x, y, layout = make_name_batch(encode_items(WORDS[words](block_size, seed=1), VOCAB), "cpu")
     with SyncingOps(where=True) as mode:
         logits, loss = model(x, y, layout=layout)
         loss.backward()
     assert_no_syncing_op(mode)
     assert all(p.grad is not None for p in model.parameters())
-    if arch == "lecture":  # the batch reaches the row path, and at block 32 the long items' sub-row too
-        assert paths_taken(layout, model) >= ({"row", "long items"} if block_size == 32 else {"row"})
+    if arch == "lecture":  # between them the batches reach every path of causal_conv with autograd
+        assert paths_taken(layout, model) >= PATHS_REACHED[words, block_size]
 
 
 @pytest.mark.parametrize("block_size", BLOCK_SIZES)

@@ -14,6 +14,10 @@ node as left context. This module computes exactly that, with less work:
   not a new one every batch, reach the convolution kernels.
 - **Few long items** (`long_items_conv`): where most items are no longer than the dilation (block 16 and 32's
   dilation 8 on names), the Conv1d runs on the sub-row of the longer items only.
+- **Mostly item starts** (`gathered_taps_conv`): where NEAR_START_SHARE of the positions or more read across
+  an item start (dilation 4 on names: over half), the Conv1d would compute those outputs only to have them
+  replaced, so the level runs its two taps as matmuls instead: the later one at every position, the earlier
+  one at the positions some position reads, nothing replaced.
 - **Runs of one length** (`length_runs_conv`): in inference over items sorted by length, as evaluation makes
   its batches, the Conv1d runs once per length, on those items as the (b, c, t) batch they are in the row,
   and no output is replaced.
@@ -22,8 +26,8 @@ node as left context. This module computes exactly that, with less work:
   position. In training the batch norm statistics count each pair once per position that holds it
   (`counted_batch_norm`): the same numbers as over the positions.
 
-- **Compiled** (`gathered_taps_conv`): under torch.compile each level's two taps run as matmuls, the earlier
-  one on the positions some position reads, as a graph with the row's length as a symbol needs them
+- **Compiled** (`gathered_taps_conv`): under torch.compile every level's two taps run as matmuls, as a graph
+  with the row's length as a symbol needs them
   (utils/acceleration.py); the layouts of a compiled model carry their indices (`ItemRow.of(.., compiled=True)`).
 
 **The layout comes with the batch** (`ItemRow`): the batches make each one's row on the CPU, with every index
@@ -58,6 +62,11 @@ LENGTH_RUN_POSITIONS = 768
 # kernel for each new length (~2.8 ms more for a level's forward and backward at 1,830 positions, AMD EPYC 26/2,
 # 1 thread) and cuDNN's autotuning times one, and a training batch's row has a new length nearly every step
 ROW_QUANTUM = 64
+# a level whose earlier tap reads across an item start at this share of the row's positions or more runs its two
+# taps as matmuls (`gathered_taps_conv`) instead of the Conv1d with those outputs replaced: on names, 55% of the
+# positions at dilation 4 (a level's forward and backward 1.8-1.9 against 2.3 ms on 2 threads, 3.1-3.2 against
+# 3.6 on 1) and 28% at dilation 2 (2.1-2.2 against 2.0-2.4 ms on 2 threads, 3.6-3.7 against 3.0 on 1), AMD EPYC 26/2
+NEAR_START_SHARE = 0.4
 
 
 class ItemRow:
@@ -94,11 +103,12 @@ class ItemRow:
         self.in_long_length_runs = runs_are_long(lengths, self.n, len(self.length_runs))
         self.indices = {}  # (name, dilation) -> index tensor, made by `crossing` and `long_items_index`
         self.positions_longer = {}  # dilation -> positions in items longer than it
+        self.positions_near_start = {}  # dilation -> positions at offsets below it
 
     def make_level_indices(self, compiled=False):
         """The indices and decisions of the levels at dilations 2, 4, .. below the longest item (level 0, at
         dilation 1, is a table of token pairs; at or above the longest no level reads across an item start),
-        each for the path `causal_conv` takes there: in a compiled model, `gathered_taps_conv`."""
+        each for the path `causal_conv` takes there (in a compiled model, `gathered_taps_conv` at every level)."""
         if compiled and self.pack_index is None:  # a row without padding packs by index too: the same graph
             self.pack_index = torch.arange(self.n, device=self.lengths.device)
         dilation = 2
@@ -107,6 +117,8 @@ class ItemRow:
                 self.earlier_reads(dilation)
             elif self.few_longer_than(dilation):
                 self.long_items_index(dilation)
+            elif self.mostly_near_start(dilation):
+                self.earlier_reads(dilation)
             else:
                 self.crossing(dilation)
             dilation *= 2
@@ -149,6 +161,7 @@ class ItemRow:
             setattr(moved, name, part)
         moved.indices = dict(zip(keys, parts[len(names):]))
         moved.positions_longer = dict(self.positions_longer)
+        moved.positions_near_start = dict(self.positions_near_start)
         return moved
 
     def check(self, idx):
@@ -216,6 +229,13 @@ class ItemRow:
         those items alone (`causal_conv`)."""
         return 4 * self.positions_longer_than(dilation) < 3 * self.n
 
+    def mostly_near_start(self, dilation):
+        """Whether NEAR_START_SHARE of the positions or more lie at offsets below `dilation`, reading the all-dot
+        node with their earlier tap: then the level runs its taps as matmuls (`causal_conv`)."""
+        if dilation not in self.positions_near_start:
+            self.positions_near_start[dilation] = int(self.lengths.clamp(max=dilation).sum())
+        return self.positions_near_start[dilation] >= NEAR_START_SHARE * self.n
+
 
 def runs_are_long(lengths, n, runs):
     """Whether items of these lengths (b), n positions in `runs` runs of one length, come shortest first (as
@@ -275,8 +295,10 @@ def causal_conv(conv, x, row, left):
     `left`: the later tap alone is a 1x1 convolution, the earlier one a constant in its bias (half the work).
     Where most items are no longer than the dilation (block 16 and 32's dilation 8 on names), nearly every
     output would be replaced, so the module runs on the sub-row of the longer items only (`long_items_conv`).
-    In inference over items sorted by length in long runs, the module runs once per length, on those items as a
-    batch, and nothing is replaced (`length_runs_conv`).
+    Where NEAR_START_SHARE of the positions or more lie within `dilation` of their item's start (dilation 4 on
+    names: over half), the two taps run as matmuls and nothing is replaced (`gathered_taps_conv`). In inference
+    over items sorted by length in long runs, the module runs once per length, on those items as a batch, and
+    nothing is replaced (`length_runs_conv`).
     """
     d = conv.dilation[0]
     earlier_tap, later_tap = conv.weight.unbind(2)  # h c, h c
@@ -291,6 +313,8 @@ def causal_conv(conv, x, row, left):
         return length_runs_conv(conv, x, row, later_tap, before_item)
     if row.few_longer_than(d):
         return long_items_conv(conv, x, row, later_tap, before_item)
+    if row.mostly_near_start(d):
+        return gathered_taps_conv(conv, x, row, earlier_tap, later_tap, before_item)
     h = conv_over_rows(conv, left.expand(d, -1), x)  # (d + n) c -> n h
     crossing = row.crossing(d)  # m
     # index_select: its backward is an index_add, no sort
@@ -316,11 +340,12 @@ def conv_over_rows(conv, *rows):
 
 
 def gathered_taps_conv(conv, x, row, earlier_tap, later_tap, before_item):
-    """causal_conv as compiled models run it, its taps as matmuls: n c -> n h. Each position's later tap on its
-    own input, plus its earlier tap on the position `dilation` back in its item, or `before_item` (with the
-    bias) before the item; the earlier tap runs on the m positions that are read, and the outputs gather its
-    rows. The same numbers as the Conv1d's up to rounding, with nothing replaced; a compiled Conv1d is no
-    option, as inductor's convolution backward fixes the row length in the graph (a compilation per batch)."""
+    """causal_conv with its taps as matmuls: n c -> n h. Each position's later tap on its own input, plus its
+    earlier tap on the position `dilation` back in its item, or `before_item` (with the bias) before the item;
+    the earlier tap runs on the m positions that are read, and the outputs gather its rows. The same numbers as
+    the Conv1d's up to rounding, with nothing replaced: fewer multiply-adds than the Conv1d's where most outputs
+    would be replaced, and the path compiled models take at every level, as inductor's convolution backward
+    fixes the row length in the graph (a compilation per batch)."""
     reads, source = row.earlier_reads(conv.dilation[0])  # m, n
     inside = x.index_select(0, reads)  # m c
     inside = inside @ earlier_tap.T if conv.bias is None else torch.addmm(conv.bias, inside, earlier_tap.T)  # m h
