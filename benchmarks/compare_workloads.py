@@ -93,7 +93,7 @@ def compiled_macs(config, targets, form, mode):
     later tap alone where the dilation reaches past every item."""
     row = ItemRow((targets != IGNORE_INDEX).sum(1))
     n, h, v = len(row.offset), config.n_hidden, config.vocab_size
-    macs = n * h * v + (v * v * 2 * config.n_embd * h if form == "conv" else 0)
+    macs = n * h * v + (2 * v * config.n_embd * h if form == "conv" else 0)
     first_conv = 2 if form == "conv_folded" else 1
     for level in range(first_conv, config.n_levels):
         d = 2**level
@@ -106,7 +106,7 @@ def compiled_macs(config, targets, form, mode):
 
 def eager_macs(config, targets, form, mode="eval"):
     """ConvWaveNet or FoldedConvWaveNet on a padded batch: its valid positions packed in one row. Level 0 is a table of
-    every token pair (the conv computes it each call, the folded form once when it is built),
+    every token pair (the conv computes it each call from each tap's v rows, the folded form once when it is built),
     and in the folded form so is level 1 (two row gathers a position). At each level above: the earlier tap on the
     all-dot node (one vector), then the Conv1d over the row and the later tap again at the items' first positions;
     where few items are longer than the dilation, the Conv1d over those items' sub-row and the later tap at every
@@ -120,7 +120,7 @@ def eager_macs(config, targets, form, mode="eval"):
     offsets >= its dilation and the later tap below, nothing replaced."""
     row = ItemRow((targets != IGNORE_INDEX).sum(1))
     n, h, v = len(row.offset), config.n_hidden, config.vocab_size
-    macs = n * h * v + (v * v * 2 * config.n_embd * h if form == "conv" else 0)
+    macs = n * h * v + (2 * v * config.n_embd * h if form == "conv" else 0)
     first_conv = 2 if form == "conv_folded" else 1
     runs = mode == "eval" and row.in_long_length_runs  # inference over length-sorted items: length_runs_conv
     for level in range(first_conv, config.n_levels):

@@ -36,7 +36,7 @@ class FoldedConvWaveNet(nn.Module):
             self.levels = nn.ModuleList(folded_conv(level) for level in conv.levels)
             self.head = copy.deepcopy(conv.head).requires_grad_(False)
             # level 0 on every token pair, batch norm folded, then tanh: row earlier * v + later
-            self.pair_table = tanh(pair_table(self.levels[0], self.embedding, self.config.vocab_size))  # (v v) h
+            self.pair_table = tanh(pair_table(self.levels[0], self.embedding))  # (v v) h
             if len(self.levels) > 1:  # each of level 1's taps on every level-0 node; the bias with the later one
                 earlier_tap, later_tap = self.levels[1].weight.unbind(2)  # h h, h h
                 self.level1_earlier = self.pair_table @ earlier_tap.T  # (v v) h
