@@ -45,8 +45,9 @@ def choose_threads(threads):
     return max(1, (os.cpu_count() or 1) - other_running_processes())
 
 
-def other_running_processes(samples=9, interval=0.01):
-    """Runnable tasks besides this one (/proc/loadavg), the median of a few samples; the load average elsewhere."""
+def other_running_processes(samples=5, interval=0.005):
+    """Runnable tasks besides this one (/proc/loadavg, counted as it is read), the median of a few samples 5 ms
+    apart (20 ms of a command's start-up); the load average elsewhere."""
     counts = []
     try:
         for _ in range(samples):
