@@ -9,7 +9,7 @@ process, so start-up (importing torch, reading the data) counts as a user waits 
 with `@REV` runs the command of that git revision instead (from a temporary worktree of it), with the flags
 after it. The variants run in turn, A B C A B C ..., so that a machine whose speed drifts slows each alike.
 Per variant: the median, fastest and slowest seconds to the target (the trainer's own clock, from the
-process's start), the median over rounds of its time over the first variant's in the same round, the steps,
+process's start), each run's in turn, the median over rounds of its time over the first variant's in the same round, the steps,
 when the first step was done, the validation loss at the target, and how many runs reached it.
 """
 import argparse
@@ -119,6 +119,8 @@ def summarize(variant, runs, first_runs):
         "vs_first": statistics.median(ratios) if ratios else None,
         "min_s": min(seconds) if seconds else None,
         "max_s": max(seconds) if seconds else None,
+        # in the order they ran: "twice in a row" is read here
+        "each_s": ", ".join("-" if r["seconds_to_target"] is None else f"{r['seconds_to_target']:.1f}" for r in runs),
         "steps": statistics.median(steps) if steps else None,
         "first_step_s": statistics.median(r["first_step_done_s"] for r in runs),
         "val_at_target": statistics.median(r["val_at_target"] for r in runs if r["val_at_target"] is not None)
@@ -129,8 +131,8 @@ def summarize(variant, runs, first_runs):
 
 
 COLUMNS = [("variant", "flags", "`{}`"), ("reached", "reached", "{}"), ("median_s", "median s", "{:.1f}"),
-           ("min_s", "fastest s", "{:.1f}"), ("max_s", "slowest s", "{:.1f}"), ("vs_first", "× the first row", "{:.2f}"),
-           ("steps", "steps", "{:.0f}"),
+           ("min_s", "fastest s", "{:.1f}"), ("max_s", "slowest s", "{:.1f}"), ("each_s", "each run, s", "{}"),
+           ("vs_first", "× the first row", "{:.2f}"), ("steps", "steps", "{:.0f}"),
            ("first_step_s", "first step done, s", "{:.2f}"), ("val_at_target", "val at target", "{:.4f}"),
            ("hardware", "trainer's device", "{}")]
 
