@@ -268,8 +268,9 @@ def pair_table(conv, embedding):
     slower here (oneDNN's backward of that shape)."""
     earlier_tap, later_tap = conv.weight.unbind(2)  # h c, h c
     earlier = embedding.weight @ earlier_tap.T  # v h: the earlier token's term
-    later = embedding.weight @ later_tap.T if conv.bias is None else torch.addmm(conv.bias, embedding.weight,
-                                                                                  later_tap.T)  # v h
+    later = embedding.weight @ later_tap.T  # v h: the later token's
+    if conv.bias is not None:  # the folded form's level 0, batch norm folded in
+        later = later + conv.bias
     return rearrange(earlier[:, None] + later[None], "a b h -> (a b) h")  # (v v) h
 
 
