@@ -88,17 +88,16 @@ def packed_macs(config, targets, form, mode="eval"):
 
 
 def compiled_macs(config, targets, form, mode):
-    """As eager_macs, with each level above the tables as packing.gathered_taps_conv runs it compiled: the later
+    """As eager_macs, with each level above level 1 as packing.gathered_taps_conv runs it compiled: the later
     tap at every position, the earlier tap at the positions some position reads (offset >= dilation), or the
     later tap alone where the dilation reaches past every item."""
     row = ItemRow((targets != IGNORE_INDEX).sum(1))
     n, h, v = len(row.offset), config.n_hidden, config.vocab_size
-    macs = n * h * v + (2 * v * config.n_embd * h if form == "conv" else 0)
-    first_conv = 2 if form == "conv_folded" else 1
-    for level in range(first_conv, config.n_levels):
+    macs = n * h * v + (2 * v * config.n_embd * h if form == "conv" else 0) + pair_table_level_macs(config, form)
+    for level in range(2, config.n_levels):
         d = 2**level
         macs += (n + (int((row.offset >= d).sum()) if row.longest > d else 0)) * h * h
-    all_dot_macs = max(0, config.n_levels - first_conv) * h * h
+    all_dot_macs = max(0, config.n_levels - 2) * h * h
     if mode == "train":
         return 3 * macs + 2 * all_dot_macs + 4 * v * v * h
     return macs + all_dot_macs
@@ -107,7 +106,8 @@ def compiled_macs(config, targets, form, mode):
 def eager_macs(config, targets, form, mode="eval"):
     """ConvWaveNet or FoldedConvWaveNet on a padded batch: its valid positions packed in one row. Level 0 is a table of
     every token pair (the conv computes it each call from each tap's v rows, the folded form once when it is built),
-    and in the folded form so is level 1 (two row gathers a position). At each level above: the earlier tap on the
+    and so is level 1: each of its taps on that table (the folded form once, when it is built), then two row gathers
+    a position. At each level above: the earlier tap on the
     all-dot node (one vector), then the Conv1d over the row and the later tap again at the items' first positions;
     where few items are longer than the dilation, the Conv1d over those items' sub-row and the later tap at every
     offset below the dilation (a Conv1d's row with its zero filler: conv_outputs); where most positions lie at
@@ -120,10 +120,9 @@ def eager_macs(config, targets, form, mode="eval"):
     offsets >= its dilation and the later tap below, nothing replaced."""
     row = ItemRow((targets != IGNORE_INDEX).sum(1))
     n, h, v = len(row.offset), config.n_hidden, config.vocab_size
-    macs = n * h * v + (2 * v * config.n_embd * h if form == "conv" else 0)
-    first_conv = 2 if form == "conv_folded" else 1
+    macs = n * h * v + (2 * v * config.n_embd * h if form == "conv" else 0) + pair_table_level_macs(config, form)
     runs = mode == "eval" and row.in_long_length_runs  # inference over length-sorted items: length_runs_conv
-    for level in range(first_conv, config.n_levels):
+    for level in range(2, config.n_levels):
         d = 2**level
         if row.longest <= d:  # the later tap alone
             macs += n * h * h
@@ -135,10 +134,18 @@ def eager_macs(config, targets, form, mode="eval"):
             macs += (2 * n - row.positions_near_start[d]) * h * h
         else:  # the Conv1d over the row, the later tap again at the item starts
             macs += (2 * conv_outputs(d + n, d) + len(row.crossing(d))) * h * h
-    all_dot_macs = max(0, config.n_levels - first_conv) * h * h
+    all_dot_macs = max(0, config.n_levels - 2) * h * h
     if mode == "train":
         return 3 * macs + 2 * all_dot_macs + 4 * v * v * h
     return macs + all_dot_macs
+
+
+def pair_table_level_macs(config, form):
+    """Level 1 of the conv, each of its taps on level 0's table of the v * v token pairs (packing.pair_rows_conv);
+    the folded form made those two products when it was built."""
+    if form != "conv" or config.n_levels < 2:
+        return 0
+    return 2 * config.vocab_size**2 * config.n_hidden**2
 
 
 def conv_outputs(m, d):

@@ -15,6 +15,7 @@ from einops import rearrange
 from torch.testing import assert_close
 
 from wavenet_conv.data.words import IGNORE_INDEX, Vocab, build_windows, encode_items, pad_items
+from wavenet_conv.models import conv as conv_module
 from wavenet_conv.models import packing
 from wavenet_conv.models.config import ModelConfig
 from wavenet_conv.models.conv import ConvWaveNet
@@ -258,16 +259,17 @@ def test_receptive_field_is_exactly_the_window(make_random_tree, block_size, mon
     """Autograd: logits[:, t] depend on level 0's nodes (one per position p, over the tokens p - 1 and p) exactly
     at the window's pairs, t, t - 2, .., t - block_size + 2; a pair before the item is its first node, over '.'.
 
-    Level 0 is a table of token pairs, so the probe is added to its nodes as they are looked up, at each
-    position of each item."""
+    Level 0 is a table of token pairs, so the probe is added to its nodes as each position looks them up; level
+    1 then runs its Conv1d over those rows instead of its taps on the table (which the node-by-node checks
+    cover)."""
     conv = ConvWaveNet.from_tree(make_random_tree(small_config(block_size), seed=9))
     idx = torch.randint(0, len(VOCAB), (2, 2 * block_size + 1), generator=torch.Generator().manual_seed(9))
     idx[:, 0] = 0  # items start with '.'
     probe = torch.zeros(2, idx.shape[1], conv.config.n_hidden, dtype=torch.float64, requires_grad=True)
-    look_up = packing.look_up_pairs
+    first_level = packing.first_level
     # the conv runs the batch packed as rows, one per position: (b t) h
-    monkeypatch.setattr(packing, "look_up_pairs",
-                        lambda *args: look_up(*args) + rearrange(probe, "b t h -> (b t) h"))
+    monkeypatch.setattr(conv_module, "first_level",
+                        lambda *args: first_level(*args).rows() + rearrange(probe, "b t h -> (b t) h"))
     logits = conv(idx)[0]  # b t v
     for t in range(idx.shape[1]):
         (grad,) = torch.autograd.grad(logits[:, t].sum(), probe, retain_graph=True)
@@ -318,12 +320,32 @@ def conv1d_calls(conv, x, y, inference=False):
     return calls
 
 
+def level_one_on_the_row(monkeypatch):
+    """Level 0's nodes gathered into the row's positions before level 1, so that level 1 runs on the row as the
+    levels above it do, not its taps on level 0's pair table (`packing.pair_rows_conv`)."""
+    first_level = packing.first_level
+    monkeypatch.setattr(conv_module, "first_level", lambda *args: first_level(*args).rows())
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_level_one_runs_its_taps_on_level_zeros_pair_table(make_random_tree, training):
+    """Level 1 applies each tap to level 0's table of token pairs and looks up each position's two rows: its
+    Conv1d module is not called, the result is the node-by-node one, and every level gets a gradient."""
+    conv = ConvWaveNet.from_tree(make_random_tree(small_config(8), seed=31)).train(training)
+    x, y = pad_items(encode_items(random_words(8, seed=31), VOCAB))
+    reference = copy.deepcopy(conv)
+    calls = conv1d_calls(conv, x, y)
+    assert conv.levels[1].conv not in [m for m, _, _ in calls]
+    assert_node_by_node(conv, reference, x, y)
+
+
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
 def test_every_level_runs_its_conv1d_module(make_random_tree, training, monkeypatch):
-    """Where no level has most of its positions at an item's start, forward hooks see each level's nn.Conv1d
-    above level 0 (a table of token pairs) called once per forward, in eval and in training alike, on the packed
-    row (1, c, dilation + n), n the valid positions, not on the padded (b, c, t) batch, with zero filler up to a
-    multiple of packing.ROW_QUANTUM positions."""
+    """On the row, with no level having most of its positions at an item's start, forward hooks see each
+    level's nn.Conv1d above level 0 (a table of token pairs) called once per forward, in eval and in training
+    alike, on the packed row (1, c, dilation + n), n the valid positions, not on the padded (b, c, t) batch,
+    with zero filler up to a multiple of packing.ROW_QUANTUM positions."""
+    level_one_on_the_row(monkeypatch)
     monkeypatch.setattr(packing, "NEAR_START_SHARE", 2.0)  # no level runs its taps as matmuls
     block_size = 8
     conv = ConvWaveNet.from_tree(make_random_tree(small_config(block_size), seed=31)).train(training)
@@ -348,11 +370,12 @@ def name_length_words(seed):
 
 
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
-def test_a_level_mostly_at_item_starts_runs_its_taps_as_matmuls(make_random_tree, training):
-    """Name-length items at block 8: the dilation-2 level runs its Conv1d module over the row; at dilation 4,
+def test_a_level_mostly_at_item_starts_runs_its_taps_as_matmuls(make_random_tree, training, monkeypatch):
+    """Name-length items at block 8, on the row: the dilation-2 level runs its Conv1d module; at dilation 4,
     where over packing.NEAR_START_SHARE of the outputs would be replaced, the level runs its two taps as matmuls
     on the module's weight, without calling it. The result is the node-by-node one, every level with a
     gradient."""
+    level_one_on_the_row(monkeypatch)
     conv = ConvWaveNet.from_tree(make_random_tree(small_config(8), seed=37)).train(training)
     x, y = pad_items(encode_items(name_length_words(seed=37), VOCAB))
     layout = ItemRow.of(x, y)
@@ -378,11 +401,12 @@ def assert_node_by_node(conv, reference, x, y):
 
 
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
-def test_a_level_with_few_long_items_convolves_only_those(make_random_tree, training):
-    """Names-like items at block 32: a level where under 3/4 of the positions lie in items longer than its
+def test_a_level_with_few_long_items_convolves_only_those(make_random_tree, training, monkeypatch):
+    """Names-like items at block 32, on the row: a level where under 3/4 of the positions lie in items longer than its
     dilation runs its module on the sub-row of those items, unpadded (1, c, n_long) -> (1, h, n_long - d); the
     others on the whole row. Either row is followed by zero filler up to a multiple of packing.ROW_QUANTUM
     positions. Every level runs its module once, and the result is the node-by-node one."""
+    level_one_on_the_row(monkeypatch)
     conv = ConvWaveNet.from_tree(make_random_tree(small_config(32), seed=35)).train(training)
     x, y = pad_items(encode_items(names_like_words(32, seed=35), VOCAB))
     lengths = (y != IGNORE_INDEX).sum(1)  # b: positions of each item
@@ -408,6 +432,7 @@ def test_a_level_whose_dilation_passes_every_item_reads_only_the_all_dot_node(ma
                                                                              monkeypatch):
     """Items of at most 4 positions at block 32: levels with dilation >= 4 skip the module (every earlier tap
     reads the all-dot node: a 1x1 convolution of the later tap), and the result is still the node-by-node one."""
+    level_one_on_the_row(monkeypatch)
     monkeypatch.setattr(packing, "NEAR_START_SHARE", 2.0)  # the dilation-2 level on the row, by its module
     conv = ConvWaveNet.from_tree(make_random_tree(small_config(32), seed=33)).train(training)
     x, y = pad_items(encode_items(["abc", "", "d", "efg", "ab"], VOCAB))  # longest: 4 positions
@@ -431,7 +456,8 @@ def test_inference_over_length_runs_runs_each_module_once_per_length(make_random
     """In inference over items sorted by length, in runs long enough (here: any), each level's nn.Conv1d runs
     once per length longer than its dilation, on those items as they lie in the row, unpadded: (b, c, t) ->
     (b, h, t - d). The logits are the token-prefix ones, in the conv and in the folded form; with autograd on,
-    the row runs as before."""
+    the row runs as before. (Level 1 on the row: on its own it runs its taps on level 0's pair table.)"""
+    level_one_on_the_row(monkeypatch)
     monkeypatch.setattr(packing, "LENGTH_RUN_POSITIONS", 1)
     conv = ConvWaveNet.from_tree(make_random_tree(small_config(block_size), seed=41)).eval()
     x, y = pad_items(encode_items(length_sorted_words(block_size, seed=41), VOCAB))
@@ -450,9 +476,11 @@ def test_inference_over_length_runs_runs_each_module_once_per_length(make_random
     assert [m for m, _, _ in conv1d_calls(conv, x, y)] == [level.conv for level in conv.levels[1:]]  # autograd: the row
 
 
-def test_short_length_runs_run_the_row(make_random_tree):
+def test_short_length_runs_run_the_row(make_random_tree, monkeypatch):
     """Runs shorter than LENGTH_RUN_POSITIONS on average (the quick benchmark's 500 names, ~300 positions a
-    run, were slower per length) and unsorted items keep the packed row: one call per level."""
+    run, were slower per length) and unsorted items keep the packed row: one call per level (level 1 on the
+    row too)."""
+    level_one_on_the_row(monkeypatch)
     conv = ConvWaveNet.from_tree(make_random_tree(small_config(8), seed=43)).eval()
     for words in (length_sorted_words(8, seed=43), random_words(8, seed=43)):
         x, y = pad_items(encode_items(words, VOCAB))
@@ -474,7 +502,9 @@ def unfixed_first_pairs(conv, monkeypatch):
 
 
 def zero_padded_levels(conv, monkeypatch):
-    """Broken on purpose: each level reads zeros before each item, as Conv1d(padding=...) does."""
+    """Broken on purpose: each level reads zeros before each item, as Conv1d(padding=...) does (level 1 on the
+    row, as the levels above; on level 0's pair table see `test_control_the_pair_table_path_before_items`)."""
+    level_one_on_the_row(monkeypatch)
     for level in conv.levels:
         level.left_context = zeros_before_items
     return conv
@@ -591,25 +621,43 @@ def reads_across_item_starts(row, dilation):
     return reads, source
 
 
-@pytest.mark.parametrize("path", ["row", "taps"])
+@pytest.mark.parametrize("path", ["row", "taps", "pair table"])
 @pytest.mark.parametrize("block_size", [4, 8])
 def test_control_packed_items_without_the_start_fix_fail_the_check(make_random_tree, block_size, path,
                                                                    monkeypatch):
     """Broken on purpose: the packed row's items read the item before them, as plain packing does, on the
-    Conv1d's row (nothing replaced) and with the taps as matmuls (every earlier tap `dilation` back)."""
+    Conv1d's row (nothing replaced), with the taps as matmuls (every earlier tap `dilation` back) and on level
+    0's pair table (every earlier pair `dilation` back)."""
     conv = ConvWaveNet.from_tree(make_random_tree(small_config(block_size), seed=43)).train()
     x, y = pad_items(encode_items(random_words(block_size, seed=43), VOCAB))
     with torch.no_grad():
         expected_logits, _, _ = reference_training_forward(conv, x, y)
+        if path == "pair table":
+            monkeypatch.setattr(packing, "earlier_pairs", lambda pairs, row, dilation: torch.roll(pairs, dilation))
+        else:
+            level_one_on_the_row(monkeypatch)
         if path == "row":
             monkeypatch.setattr(packing, "NEAR_START_SHARE", 2.0)
             monkeypatch.setattr(ItemRow, "crossing", lambda row, dilation: torch.zeros(0, dtype=torch.long))
-        else:
+        elif path == "taps":
             monkeypatch.setattr(packing, "NEAR_START_SHARE", 0.0)
             monkeypatch.setattr(ItemRow, "earlier_reads", reads_across_item_starts)
         logits, _ = conv(x, y)
     gaps = (logits[y != IGNORE_INDEX] - expected_logits).abs().amax(-1)  # n
     assert gaps.max() > LARGE_GAP
+
+
+@pytest.mark.parametrize("block_size", [4, 8])
+def test_control_the_pair_table_path_before_items(make_random_tree, block_size, monkeypatch):
+    """Broken on purpose: level 1 on level 0's pair table reads another node than the all-dot one before each
+    item (the pair ('.', 'a') for ('.', '.')): wrong at exactly the first block_size - 1 positions."""
+    tree = make_random_tree(small_config(block_size), seed=49)
+    words = random_words(block_size, seed=49)
+    assert_equivalent(tree, ConvWaveNet.from_tree(tree), words)
+    monkeypatch.setattr(packing, "ALL_DOT_PAIR", 1)
+    gaps, positions = logit_gaps(tree, ConvWaveNet.from_tree(tree), words)
+    assert gaps[positions < block_size - 1].max() > LARGE_GAP
+    assert gaps[positions >= block_size - 1].max() < TOLERANCE[torch.float64]
 
 
 def test_packed_training_wants_right_padding_only(make_random_tree):

@@ -42,17 +42,19 @@ def names_like_words(block_size, seed):
             for n in lengths]
 
 
-def name_length_words(block_size, seed):
-    """Items of 5-7 characters, as names are, and one of half the block: at block 8 the dilation-2 level runs
-    on the whole row, the dilation-4 one (over half its positions at an item's start) its taps as matmuls."""
+def long_words(block_size, seed):
+    """Items of 9-13 characters: the dilation-4 level runs on the whole row (a third of its positions at an
+    item's start), at block 32 the dilation-8 one its taps as matmuls and the dilation-16 one the later tap
+    alone."""
     g = torch.Generator().manual_seed(seed)
     return ["".join(ALPHABET[i] for i in torch.randint(0, len(ALPHABET), (n,), generator=g).tolist())
-            for n in (5, 7, 6, 5, 7, 6, block_size // 2 + 1)]
+            for n in (9, 12, 10, 13, 11)]
 
 
-WORDS = {"names-like": names_like_words, "name-length": name_length_words}
-PATHS_REACHED = {("names-like", 8): {"taps", "long items"}, ("names-like", 32): {"row", "taps", "long items"},
-                 ("name-length", 8): {"row", "taps"}, ("name-length", 32): {"row", "taps", "long items"}}
+WORDS = {"names-like": names_like_words, "long": long_words}
+PATHS_REACHED = {("names-like", 8): {"pair table", "long items"},
+                 ("names-like", 32): {"pair table", "taps", "long items"},
+                 ("long", 8): {"pair table", "row"}, ("long", 32): {"pair table", "row", "taps", "later tap alone"}}
 
 
 def conv_model(arch, block_size, make_random_tree, seed=0):
@@ -68,7 +70,9 @@ def paths_taken(layout, model):
     """Which of causal_conv's paths the model's levels above level 0 take over this row, with autograd on."""
     paths = set()
     for dilation in (2**i for i in range(1, model.config.n_levels)):
-        if layout.longest <= dilation:
+        if dilation == 2:  # level 1, on level 0's table of token pairs
+            paths.add("pair table")
+        elif layout.longest <= dilation:
             paths.add("later tap alone")
         elif layout.few_longer_than(dilation):
             paths.add("long items")

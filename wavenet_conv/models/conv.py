@@ -17,7 +17,8 @@ and the loss. The variance is the unbiased one, as in the lecture's BatchNorm1d.
 statistics apply, and the conv equals the tree exactly (tests/test_equivalence.py, docs/equivalence.md).
 
 How a batch runs fast (packing.py): its items back to back in one packed row of n positions, level 0 as a
-table of token pairs, each level's Conv1d over the row with the item starts fixed exactly. Read
+table of token pairs and level 1's taps on that table, each level above's Conv1d over the row with the item
+starts fixed exactly. Read
 `causal_conv(conv, x, row, left)` as "the Conv1d over each item, with `left` in front of it". The row's
 layout (`ItemRow`) comes with the batch, made on the CPU, so the forward never waits for the device.
 
@@ -30,7 +31,7 @@ from torch import nn
 
 from wavenet_conv.models.activations import tanh, tanh_
 from wavenet_conv.models.channels_last import ChannelsLastConv1d
-from wavenet_conv.models.packing import all_dot_node, causal_conv, first_level, packed_row
+from wavenet_conv.models.packing import all_dot_node, causal_conv, first_level, packed_row, position_rows
 from wavenet_conv.models.tree import TreeWaveNet
 
 
@@ -58,10 +59,10 @@ class ConvWaveNet(nn.Module):
         tokens = row.pack(idx)  # n: items back to back, each from its '.'
         first, *above = self.levels
         # the embedding and level 0 at once: level 0 sees a pair of tokens, so it is a table of the v * v pairs
-        x = first_level(first, self.embedding, tokens, row, self.config.vocab_size)  # n h
+        x = first_level(first, self.embedding, tokens, row, self.config.vocab_size)  # n h, as that table's rows
         for level in above:
             x = level(x, row)  # n c -> n h: Conv1d at dilation 2**i, batch norm, tanh
-        packed_logits = self.head(x)  # n v
+        packed_logits = self.head(position_rows(x))  # n v
         loss = None
         if targets is not None:
             loss = F.cross_entropy(packed_logits, row.pack(targets))

@@ -22,7 +22,8 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from wavenet_conv.models.activations import tanh, tanh_
-from wavenet_conv.models.packing import all_dot_node, causal_conv, look_up_pairs, pair_index, pair_table, packed_row
+from wavenet_conv.models.packing import (all_dot_node, causal_conv, earlier_pairs, look_up_pairs, pair_index,
+                                         pair_table, packed_row)
 
 
 class FoldedConvWaveNet(nn.Module):
@@ -71,9 +72,8 @@ class FoldedConvWaveNet(nn.Module):
         if len(self.levels) == 1:
             x = look_up_pairs(self.pair_table, pairs)  # n h
         else:
-            # level 1's earlier child ends 2 back; before the item it is the all-dot node, pair ('.', '.') = row 0
-            earlier_pairs = torch.where(row.offset >= 2, torch.roll(pairs, 2), 0)  # n
-            x = look_up_pairs(self.level1_earlier, earlier_pairs)  # n h
+            # level 1's earlier child ends 2 back; before the item it is the all-dot node, pair ('.', '.')
+            x = look_up_pairs(self.level1_earlier, earlier_pairs(pairs, row, 2))  # n h
             x = tanh_(x.add_(look_up_pairs(self.level1_later, pairs)))  # n h
         for conv in self.levels[2:]:
             x = tanh_(causal_conv(conv, x, row, all_dot_node(x)))  # n h
