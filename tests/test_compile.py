@@ -102,16 +102,17 @@ def test_control_a_wrong_earlier_tap_fails_the_check(make_random_tree, monkeypat
 
 
 def test_a_compiled_layout_carries_what_the_graph_reads():
-    """The indices of the compiled path for every dilation below the longest item, and a pack index even for a
-    batch without padding, so that padded and unpadded batches run one graph."""
-    x, y = pad_items(encode_items(["abcdefghij"[:n] for n in (3, 3, 3)], Vocab(tuple(".abcdefghij"))))
+    """The indices of the compiled path for every dilation from 4 below the longest item (level 1, at dilation 2,
+    runs on level 0's pair table), and a pack index even for a batch without padding, so that padded and
+    unpadded batches run one graph."""
+    x, y = pad_items(encode_items(["abcdefghij"[:n] for n in (5, 5, 5)], Vocab(tuple(".abcdefghij"))))
     layout = ItemRow.of(x, y, compiled=True)
     assert layout.pack_index is not None and ItemRow.of(x, y).pack_index is None  # no padding here
-    assert sorted(key for key in layout.indices) == [("earlier_reads", 2), ("earlier_source", 2)]
-    reads, source = layout.earlier_reads(2)
-    # each item: offsets 0-3 at positions 4k .. 4k + 3; offsets 2 and 3 read 2 back, the others the all-dot node
-    assert reads.tolist() == [0, 1, 4, 5, 8, 9]
-    assert source.tolist() == [0, 0, 1, 2, 0, 0, 3, 4, 0, 0, 5, 6]
+    assert sorted(key for key in layout.indices) == [("earlier_reads", 4), ("earlier_source", 4)]
+    reads, source = layout.earlier_reads(4)
+    # each item: offsets 0-5 at positions 6k .. 6k + 5; offsets 4 and 5 read 4 back, the others the all-dot node
+    assert reads.tolist() == [0, 1, 6, 7, 12, 13]
+    assert source.tolist() == [0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 3, 4, 0, 0, 0, 0, 5, 6]
 
 
 # ---- compiled: the same losses, few compilations ----

@@ -108,12 +108,13 @@ class ItemRow:
         self.positions_near_start = {}  # dilation -> positions at offsets below it
 
     def make_level_indices(self, compiled=False):
-        """The indices and decisions of the levels at dilations 2, 4, .. below the longest item (level 0, at
-        dilation 1, is a table of token pairs; at or above the longest no level reads across an item start),
-        each for the path `causal_conv` takes there (in a compiled model, `gathered_taps_conv` at every level)."""
+        """The indices and decisions of the levels at dilations 4, 8, .. below the longest item (level 0, at
+        dilation 1, is a table of token pairs and level 1, at dilation 2, runs on it, reading the row's offsets
+        only; at or above the longest no level reads across an item start), each for the path `causal_conv` takes
+        there (in a compiled model, `gathered_taps_conv` at every level)."""
         if compiled and self.pack_index is None:  # a row without padding packs by index too: the same graph
             self.pack_index = torch.arange(self.n, device=self.lengths.device)
-        dilation = 2
+        dilation = 4
         while dilation < self.longest:
             if compiled:
                 self.earlier_reads(dilation)
