@@ -8,9 +8,9 @@ Each run is the whole command, `python -m wavenet_conv.train --target-loss 1.993
 process, so start-up (importing torch, reading the data) counts as a user waits for it. A variant that starts
 with `@REV` runs the command of that git revision instead (from a temporary worktree of it), with the flags
 after it. The variants run in turn, A B C A B C ..., so that a machine whose speed drifts slows each alike.
-Per variant: the median, fastest and slowest seconds to the target (the trainer's own clock, from the
-process's start), each run's in turn, the median over rounds of its time over the first variant's in the same round, the steps,
-when the first step was done, the validation loss at the target, and how many runs reached it.
+Per variant: the median, fastest and slowest seconds to the target (the trainer's own clock, from the process's
+start), each run's in turn, the median over rounds of its time over the first variant's in the same round, the
+steps, when the first step was done, the validation loss at the target, and how many runs reached it.
 """
 import argparse
 import contextlib
