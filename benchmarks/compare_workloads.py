@@ -96,7 +96,7 @@ def compiled_macs(config, targets, form, mode):
     macs = n * h * v + (2 * v * config.n_embd * h if form == "conv" else 0) + pair_table_level_macs(config, form)
     for level in range(2, config.n_levels):
         d = 2**level
-        macs += (n + (int((row.offset >= d).sum()) if row.longest > d else 0)) * h * h
+        macs += (n + (n - row.positions_below_offset(d) if row.longest > d else 0)) * h * h
     all_dot_macs = max(0, config.n_levels - 2) * h * h
     if mode == "train":
         return 3 * macs + 2 * all_dot_macs + 4 * v * v * h
@@ -129,9 +129,9 @@ def eager_macs(config, targets, form, mode="eval"):
         elif runs:  # both taps at offsets >= d, the later tap below
             macs += int((2 * (row.lengths - d).clamp(min=0) + row.lengths.clamp(max=d)).sum()) * h * h
         elif row.few_longer_than(d):  # the later tap at offsets < d, the Conv1d over the longer items' sub-row
-            macs += (int((row.offset < d).sum()) + 2 * conv_outputs(row.positions_longer_than(d), d)) * h * h
+            macs += (row.positions_below_offset(d) + 2 * conv_outputs(row.positions_longer_than(d), d)) * h * h
         elif row.mostly_near_start(d):  # the later tap at every position, the earlier at offsets >= d
-            macs += (2 * n - row.positions_near_start[d]) * h * h
+            macs += (2 * n - row.positions_below_offset(d)) * h * h
         else:  # the Conv1d over the row, the later tap again at the item starts
             macs += (2 * conv_outputs(d + n, d) + len(row.crossing(d))) * h * h
     all_dot_macs = max(0, config.n_levels - 2) * h * h

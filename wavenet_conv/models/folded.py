@@ -22,8 +22,8 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from wavenet_conv.models.activations import tanh, tanh_
-from wavenet_conv.models.packing import (all_dot_node, causal_conv, earlier_pairs, look_up_pairs, pair_index,
-                                         pair_table, packed_row)
+from wavenet_conv.models.packing import (all_dot_node, causal_conv, look_up_pairs, pair_index, pair_table,
+                                         pair_taps_sum, packed_row)
 
 
 class FoldedConvWaveNet(nn.Module):
@@ -73,8 +73,7 @@ class FoldedConvWaveNet(nn.Module):
             x = look_up_pairs(self.pair_table, pairs)  # n h
         else:
             # level 1's earlier child ends 2 back; before the item it is the all-dot node, pair ('.', '.')
-            x = look_up_pairs(self.level1_earlier, earlier_pairs(pairs, row, 2))  # n h
-            x = tanh_(x.add_(look_up_pairs(self.level1_later, pairs)))  # n h
+            x = tanh_(pair_taps_sum(self.level1_earlier, self.level1_later, pairs, row, 2))  # n h
         for conv in self.levels[2:]:
             x = tanh_(causal_conv(conv, x, row, all_dot_node(x)))  # n h
         return row.unpack(self.head(x))  # b t v

@@ -105,7 +105,7 @@ class ItemRow:
         self.in_long_length_runs = runs_are_long(lengths, self.n, len(self.length_runs))
         self.indices = {}  # (name, dilation) -> index tensor, made by `crossing` and `long_items_index`
         self.positions_longer = {}  # dilation -> positions in items longer than it
-        self.positions_near_start = {}  # dilation -> positions at offsets below it
+        self.positions_below = {}  # dilation -> positions at offsets below it
 
     def make_level_indices(self, compiled=False):
         """The indices and decisions of the levels at dilations 4, 8, .. below the longest item (level 0, at
@@ -164,7 +164,7 @@ class ItemRow:
             setattr(moved, name, part)
         moved.indices = dict(zip(keys, parts[len(names):]))
         moved.positions_longer = dict(self.positions_longer)
-        moved.positions_near_start = dict(self.positions_near_start)
+        moved.positions_below = dict(self.positions_below)
         return moved
 
     def check(self, idx):
@@ -232,12 +232,17 @@ class ItemRow:
         those items alone (`causal_conv`)."""
         return 4 * self.positions_longer_than(dilation) < 3 * self.n
 
+    def positions_below_offset(self, dilation):
+        """How many of the row's positions lie at offsets below `dilation` in their item: those whose earlier tap
+        at that dilation reads the all-dot node."""
+        if dilation not in self.positions_below:
+            self.positions_below[dilation] = int(self.lengths.clamp(max=dilation).sum())
+        return self.positions_below[dilation]
+
     def mostly_near_start(self, dilation):
         """Whether NEAR_START_SHARE of the positions or more lie at offsets below `dilation`, reading the all-dot
         node with their earlier tap: then the level runs its taps as matmuls (`causal_conv`)."""
-        if dilation not in self.positions_near_start:
-            self.positions_near_start[dilation] = int(self.lengths.clamp(max=dilation).sum())
-        return self.positions_near_start[dilation] >= NEAR_START_SHARE * self.n
+        return self.positions_below_offset(dilation) >= NEAR_START_SHARE * self.n
 
 
 def runs_are_long(lengths, n, runs):
@@ -311,6 +316,13 @@ def earlier_pairs(pairs, row, dilation):
     """n -> n: each position's pair `dilation` back in its item, or ('.', '.') where that falls before the item
     (the all-dot node). Elementwise on the device, no index of the row's needed."""
     return torch.where(row.offset >= dilation, torch.roll(pairs, dilation), ALL_DOT_PAIR)
+
+
+def pair_taps_sum(earlier, later, pairs, row, dilation):
+    """A kernel-2 level on level 0's nodes from each tap's product with level 0's pair table (earlier, later:
+    (v v) h): each position's later-tap row at its own pair plus its earlier-tap row at the pair `dilation` back
+    in its item, or at ('.', '.') before it. n -> n h."""
+    return look_up_pairs(earlier, earlier_pairs(pairs, row, dilation)) + look_up_pairs(later, pairs)
 
 
 def look_up_pairs(table, pairs):
@@ -390,8 +402,7 @@ def pair_rows_conv(conv, x, row, earlier_tap, later_tap):
     later = x.table @ later_tap.T  # (v v) h: the later tap
     if conv.bias is not None:
         later = later + conv.bias
-    back = earlier_pairs(x.pairs, row, conv.dilation[0])  # n
-    return look_up_pairs(earlier, back) + look_up_pairs(later, x.pairs)  # n h
+    return pair_taps_sum(earlier, later, x.pairs, row, conv.dilation[0])  # n h
 
 
 def gathered_taps_conv(conv, x, row, earlier_tap, later_tap, before_item):
